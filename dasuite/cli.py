@@ -1,0 +1,172 @@
+"""The ``dasuite`` command line: parses arguments and delegates; errors print one message and exit non-zero."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+
+from dasuite.errors import ConfigError, DasuiteError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def friendly_errors(func: Callable) -> Callable:
+    """Turn DasuiteError into one printed line and its exit code (traceback only with --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except DasuiteError as err:
+            if debug:
+                raise
+            if _is_main_process():
+                click.echo(f"Error: {err}", err=True)
+            sys.exit(err.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="dasuite")
+def main(debug: bool) -> None:
+    """dasuite: semantic segmentation with scarce target labels (domain adaptation, semi-supervised, KD)."""
+
+
+@main.command(epilog="""Examples:\n
+  dasuite run experiments/toy/source_only.yaml\n
+  dasuite run experiments/camvid/segformer_b0.yaml train.max_iters=200 data.resize=[240,180]\n
+  accelerate launch -m dasuite run experiments/camvid/segformer_b0.yaml --fold 1 --seed 2""")
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--seed", type=int, help="Random seed (sets `seed`; also names the run tag).")
+@click.option("--fold", type=int, help="Cross-validation fold for every dataset that has folds (e.g. CamVid 1|2).")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Root of run directories (default: runs).")
+@click.option("--init-from", type=click.Path(dir_okay=False), help="Initialise model weights from a checkpoint; fresh optimizer and schedule.")
+@click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
+@friendly_errors
+def run(experiment: Path, overrides: tuple[str, ...], seed: Optional[int], fold: Optional[int],
+        work_dir: Optional[str], init_from: Optional[str], resume: bool) -> None:
+    """Train EXPERIMENT (a YAML file) with optional KEY=VALUE overrides, e.g. train.max_iters=200."""
+    from dasuite.config import load_config
+    from dasuite.engine.loop import train
+
+    extra: dict = {}
+    if seed is not None:
+        extra["seed"] = seed
+    if work_dir is not None:
+        extra["work_dir"] = work_dir
+    if init_from is not None:
+        extra["train.init_from"] = init_from
+    cfg = load_config(experiment, overrides, extra)
+    if fold is not None:
+        cfg = _with_fold(cfg, fold)
+    summary = train(cfg, resume=resume)
+    if _is_main_process():
+        _print_summary(summary)
+
+
+def _with_fold(cfg, fold: int):
+    from dasuite.config import validate_config
+
+    raw = cfg.model_dump(mode="json")
+    entries = [role for role, entry in cfg.data.entries().items() if "fold" in type(entry).model_fields]
+    if not entries:
+        raise ConfigError("--fold was given but no dataset in the experiment has folds")
+    for role in entries:
+        raw["data"][role]["fold"] = fold
+    return validate_config(raw, source="--fold")
+
+
+def _print_summary(summary: dict) -> None:
+    from dasuite.tables import format_result
+
+    for key in ("best", "test"):
+        result = summary.get(key)
+        if result:
+            click.echo(f"\n{key} ({'val' if key == 'best' else 'test'} split, iteration {result['iteration']}):")
+            click.echo(format_result(result, "table", per_class=True))
+
+
+@main.command("eval", epilog="""Examples:\n
+  dasuite eval --run runs/source_only/seed0 --split test --per-class\n
+  dasuite eval --config experiments/camvid/segformer_b0.yaml --checkpoint model.safetensors --format json""")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), help="A run directory.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="An experiment YAML (with --checkpoint).")
+@click.option("--checkpoint", default="best", help="best | last | a checkpoint path (.safetensors or .pt).")
+@click.option("--split", default="val", help="Which data entry to evaluate: val | test | source | target.")
+@click.option("--per-class", is_flag=True, help="Show per-class IoU and accuracy.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table")
+@click.option("--save-predictions", type=click.Path(file_okay=False, path_type=Path), help="Write one PNG of class indices per image here.")
+@click.argument("overrides", nargs=-1)
+@friendly_errors
+def eval_cmd(run_dir: Optional[Path], config_path: Optional[Path], checkpoint: str, split: str, per_class: bool,
+             fmt: str, save_predictions: Optional[Path], overrides: tuple[str, ...]) -> None:
+    """Evaluate a run's checkpoint (or a config plus --checkpoint) and print the metrics."""
+    from dasuite.config import load_config
+    from dasuite.engine.evaluate_run import evaluate_checkpoint, resolve_run
+    from dasuite.tables import format_result
+
+    if (run_dir is None) == (config_path is None):
+        raise click.UsageError("give exactly one of --run RUN_DIR or --config EXPERIMENT")
+    if run_dir is not None:
+        cfg, ckpt = resolve_run(run_dir, checkpoint)
+        if overrides:
+            cfg = load_config(run_dir / "config.yaml", overrides)
+    else:
+        if checkpoint in ("best", "last"):
+            raise click.UsageError("with --config, --checkpoint must be a file path")
+        cfg, ckpt = load_config(config_path, overrides), Path(checkpoint)
+    result = evaluate_checkpoint(cfg, ckpt, split, save_predictions, progress=fmt == "table")
+    if _is_main_process():
+        click.echo(format_result(result, fmt, per_class=per_class))
+
+
+@main.group()
+def data() -> None:
+    """Dataset utilities."""
+
+
+@data.command("check")
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+@friendly_errors
+def data_check(experiment: Path, overrides: tuple[str, ...]) -> None:
+    """Check every dataset of EXPERIMENT: roots, counts, label values, image/label sizes."""
+    from dasuite.config import load_config
+    from dasuite.data import build_dataset
+    from dasuite.data.check import check_dataset
+
+    cfg = load_config(experiment, overrides)
+    failed = False
+    for role, entry in cfg.data.entries().items():
+        report = check_dataset(build_dataset(entry, cfg.data.resize))
+        click.echo(f"== data.{role} ({entry.name}, split {entry.split})")
+        click.echo(report.format())
+        failed |= not report.ok
+    if failed:
+        raise DasuiteError("data check found problems (see above)")
+
+
+@main.command("list")
+@click.argument("what", type=click.Choice(["models", "methods", "datasets"]))
+def list_cmd(what: str) -> None:
+    """List registered models, methods or datasets."""
+    from dasuite.data.base import DATASETS
+    from dasuite.methods import METHODS
+    from dasuite.models import MODELS
+
+    registry = {"models": MODELS, "methods": METHODS, "datasets": DATASETS}[what]
+    click.echo("\n".join(registry.names()))

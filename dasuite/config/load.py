@@ -1,0 +1,198 @@
+"""Read an experiment YAML, apply ``a.b=c`` overrides, validate it, and write the resolved file.
+
+Override values are parsed with ``yaml.safe_load`` so ``100``, ``1e-3``, ``[240,180]``, ``null`` and ``true`` get
+their natural types; list items are addressed by index (``data.source.resize.0=320``). Validation errors name the
+dotted key, the value and what was expected; an unknown key names the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from dasuite.config.schema import ExperimentConfig
+from dasuite.errors import ConfigError
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (["a", "b", "c"], parsed value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({err})") from None
+    return key.split("."), value
+
+
+def apply_override(raw: dict, path: list[str], value: Any) -> None:
+    """Set ``raw[path[0]][path[1]]... = value``, creating missing mappings (the schema rejects unknown keys later)."""
+    node: Any = raw
+    for depth, part in enumerate(path[:-1]):
+        node = _child(node, part, path[: depth + 1], create=True)
+    last = path[-1]
+    if isinstance(node, list):
+        node[_index(node, last, path)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:-1])} is a value, not a section")
+
+
+def _index(node: list, part: str, path: list[str]) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"override {'.'.join(path)}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def _child(node: Any, part: str, path: list[str], create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, path)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:-1])} is a value, not a section")
+    if node.get(part) is None and create:
+        node[part] = {}
+    return node[part]
+
+
+def read_yaml(path: Path) -> dict:
+    """Load a YAML mapping; errors name the file."""
+    if not path.is_file():
+        raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = (), extra: Optional[dict] = None) -> ExperimentConfig:
+    """Read ``path``, apply ``overrides`` (``key=value`` strings) then ``extra`` ({dotted key: value}), validate.
+
+    ``name`` defaults to the file's stem.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    raw.setdefault("name", path.stem)
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    for key, value in (extra or {}).items():
+        apply_override(raw, key.split("."), value)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict, source: str = "<config>") -> ExperimentConfig:
+    """Validate a raw mapping into an ``ExperimentConfig``; raise a ConfigError listing every problem."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [_describe(e) for e in err.errors()]
+        raise ConfigError(f"{source}: invalid experiment config:\n  " + "\n  ".join(lines)) from None
+
+
+def _describe(error: dict) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = _dotted(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        valid = _valid_keys(ExperimentConfig, list(error["loc"][:-1]))
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        prefix = _dotted(error["loc"][:-1])
+        hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+        return f"{key}: unknown key{hint} (valid keys here: {', '.join(valid)})"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if kind == "union_tag_invalid":
+        return f"{key}: {error['msg']}"
+    value = error.get("input")
+    return f"{key}: got {value!r} ({type(value).__name__}); {error['msg'][0].lower()}{error['msg'][1:]}"
+
+
+def _dotted(loc: Iterable[Any]) -> str:
+    """Dotted key from a pydantic location, dropping the union tag pydantic inserts (e.g. ``source.camvid.split``)."""
+    parts: list[str] = []
+    model: Any = ExperimentConfig
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is not None and part in fields:
+            parts.append(str(part))
+            model = _unwrap(fields[part].annotation)
+        elif isinstance(model, list) and any(m.model_fields["name"].annotation == typing.Literal[part] for m in model):
+            model = next(m for m in model if m.model_fields["name"].annotation == typing.Literal[part])
+        else:
+            parts.append(str(part))
+            model = None
+    return ".".join(parts)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Reduce Optional/Annotated/Union annotations to a model class or a list of union member classes."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(args[0])
+    if origin is typing.Union:
+        models = [_unwrap(a) for a in args]
+        flat = [m for m in models if isinstance(m, type) and issubclass(m, BaseModel)]
+        return flat[0] if len(flat) == 1 else flat
+    return annotation
+
+
+def _valid_keys(model: Any, loc: list[Any]) -> list[str]:
+    for part in loc:
+        if isinstance(model, list):
+            model = next((m for m in model if m.model_fields["name"].annotation == typing.Literal[part]), None)
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        model = _unwrap(fields[part].annotation)
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (every key, defaults included)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def flatten_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Flat ``{"a.b": scalar}`` view for TensorBoard hparams (lists and None become strings)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, (int, float, str, bool)):
+            out[prefix] = node
+        else:
+            out[prefix] = str(node)
+
+    walk("", cfg.model_dump(mode="json"))
+    return out

@@ -1,0 +1,147 @@
+"""The typed experiment schema: every YAML experiment file is validated against ``ExperimentConfig``.
+
+Sections: ``data``, ``model``, ``method``, ``optim``, ``schedule``, ``train``, ``eval``, ``log``. Every section is
+strict (an unknown key is an error); defaults live here so an experiment file only states what differs.
+``docs/config.md`` describes every key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from dasuite.data.camvid import CamVidConfig
+from dasuite.data.toy import ToyConfig
+from dasuite.methods.source_only import SourceOnlyConfig
+from dasuite.schema_base import Section
+
+# One entry per registered dataset; `name` selects the member (pydantic discriminated union).
+DatasetEntry = Annotated[Union[ToyConfig, CamVidConfig], Field(discriminator="name")]
+# One entry per registered method.
+MethodSection = Annotated[Union[SourceOnlyConfig], Field(discriminator="name")]
+
+METRIC_NAMES = ("mIoU", "mAcc", "aAcc", "fwIoU")
+
+
+class DataConfig(Section):
+    """Datasets per role. ``source``: labelled training data; ``target``: target-domain training images (used by
+    adaptation methods); ``val``: evaluated every ``train.eval_interval``; ``test``: evaluated once at the end with
+    the best checkpoint."""
+
+    resize: Optional[tuple[int, int]] = None
+    num_workers: int = Field(2, ge=0)
+    source: DatasetEntry
+    target: Optional[DatasetEntry] = None
+    val: Optional[DatasetEntry] = None
+    test: Optional[DatasetEntry] = None
+
+    def entries(self) -> dict[str, Any]:
+        """The configured dataset entries by role (roles left unset are skipped)."""
+        return {role: getattr(self, role) for role in ("source", "target", "val", "test") if getattr(self, role)}
+
+
+class ModelConfig(Section):
+    """``arch`` is a registered model name (``dasuite list models``); ``options`` are passed to its factory."""
+
+    arch: str = "segformer_b0"
+    tiny: bool = False
+    pretrained: Optional[str] = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(Section):
+    """Optimizer and parameter groups. ``head_lr_mult`` multiplies the lr of the model's head parameters (SegFormer's
+    recipe uses 10); ``norm_weight_decay`` applies to normalisation layers and position blocks (0 in that recipe)."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(6e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+    head_lr_mult: float = Field(1.0, gt=0)
+    norm_weight_decay: Optional[float] = Field(0.0, ge=0)
+    grad_clip: Optional[float] = Field(None, gt=0)
+
+
+class ScheduleConfig(Section):
+    """Iteration-based LR schedule (stepped once per optimizer step). ``poly``: lr = (base - min_lr) *
+    (1 - t/T)^power + min_lr; ``step``: lr *= gamma at each milestone; ``constant``. An optional linear warm-up from
+    ``warmup_ratio * lr`` over ``warmup_iters`` applies to all three."""
+
+    name: Literal["poly", "step", "constant"] = "poly"
+    power: float = Field(1.0, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    warmup_iters: int = Field(0, ge=0)
+    warmup_ratio: float = Field(1e-6, ge=0, le=1)
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0)
+
+
+class TrainConfig(Section):
+    """Iteration-based training. ``batch_size`` is per process; ``grad_accum`` micro-batches make one iteration."""
+
+    max_iters: int = Field(1000, gt=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    eval_interval: int = Field(500, gt=0)
+    checkpoint_interval: int = Field(500, gt=0)
+    log_interval: int = Field(20, gt=0)
+    best_metric: Literal["mIoU", "mAcc", "aAcc", "fwIoU"] = "mIoU"
+    mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None
+    init_from: Optional[str] = None
+
+
+class EvalConfig(Section):
+    """Evaluation settings; logits are upsampled to the label's resolution before argmax."""
+
+    batch_size: int = Field(2, gt=0)
+
+
+class LogConfig(Section):
+    """Logging: TensorBoard through Accelerate's tracker, prediction grids, progress bar."""
+
+    tensorboard: bool = True
+    num_vis_images: int = Field(4, ge=0)
+    progress_bar: bool = True
+
+
+class ExperimentConfig(Section):
+    """A whole experiment. The run directory is ``<work_dir>/<name>/<tag>``; ``tag`` defaults to ``seed<seed>``
+    (``fold<K>_seed<seed>`` when a fold is set)."""
+
+    name: str = "experiment"
+    seed: int = 0
+    work_dir: str = "runs"
+    tag: Optional[str] = None
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodSection = Field(default_factory=lambda: SourceOnlyConfig(name="source_only"))
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError(f"name must be a plain directory name, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_milestones(self) -> "ExperimentConfig":
+        bad = [m for m in self.schedule.milestones if not 0 < m < self.train.max_iters]
+        if bad:
+            raise ValueError(f"schedule.milestones {bad} must lie in (0, train.max_iters={self.train.max_iters})")
+        return self
+
+    def run_tag(self) -> str:
+        """The run's tag: the configured one, else derived from the fold and seed."""
+        if self.tag:
+            return self.tag
+        folds = {getattr(e, "fold", None) for e in self.data.entries().values()} - {None}
+        prefix = f"fold{folds.pop()}_" if len(folds) == 1 else ""
+        return f"{prefix}seed{self.seed}"

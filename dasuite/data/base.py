@@ -1,0 +1,84 @@
+"""The dataset contract shared by every dataset, method and the engine.
+
+A dataset item is ``{"image": uint8 tensor 3xHxW, "label": int64 tensor HxW (255 = ignore), "name": str}``.
+Unlabelled datasets omit ``label``. Decoding and the optional fixed resize happen here (on the CPU, in
+DataLoader workers); all random augmentation happens later, batched on the device (``augment.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from pydantic import field_validator
+
+from dasuite.data.labels import IGNORE_INDEX, ClassTable
+from dasuite.errors import DasuiteError
+from dasuite.registry import Registry
+from dasuite.schema_base import Section
+
+DATASETS: Registry[type["SegDataset"]] = Registry("dataset")
+
+
+class DatasetConfig(Section):
+    """Fields every dataset entry has; each dataset subclasses this with ``name: Literal[...]`` and its options.
+
+    ``root`` may use environment variables (``$DASUITE_DATA/camvid``); ``resize`` is (width, height) and, when
+    unset, falls back to ``data.resize``.
+    """
+
+    name: str
+    root: Optional[str] = None
+    split: str = "train"
+    resize: Optional[tuple[int, int]] = None
+
+    @field_validator("resize")
+    @classmethod
+    def _positive_size(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+        if v is not None and (v[0] <= 0 or v[1] <= 0):
+            raise ValueError(f"resize must be (width, height) with positive values, got {list(v)}")
+        return v
+
+
+def resolve_root(root: Optional[str], dataset: str) -> Path:
+    """Expand ``$VARS`` and ``~`` in a dataset root; a root that is unset or still names an unset variable is an
+    error naming the dataset and the variable to set."""
+    if root is None:
+        raise DasuiteError(f"dataset {dataset!r}: no root given; set data.<entry>.root or DASUITE_DATA")
+    expanded = os.path.expanduser(os.path.expandvars(root))
+    if "$" in expanded:
+        raise DasuiteError(
+            f"dataset {dataset!r}: root {root!r} uses an unset environment variable; "
+            f"export it (e.g. DASUITE_DATA=/path/to/data) or set the root explicitly"
+        )
+    path = Path(expanded)
+    if not path.is_dir():
+        raise DasuiteError(f"dataset {dataset!r}: root directory {str(path)!r} does not exist (from {root!r})")
+    return path
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Base class: subclasses set ``classes`` and implement ``__len__`` and ``__getitem__`` per the contract."""
+
+    classes: ClassTable
+    config_class: type[DatasetConfig]
+
+    def __init__(self, cfg: DatasetConfig) -> None:
+        self.cfg = cfg
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes.names)
+
+    def raw_pair(self, index: int) -> tuple[np.ndarray, Optional[np.ndarray], str]:
+        """Item ``index`` as numpy *before* any fixed resize: (image uint8 HxWx3, label HxW train ids or None, name).
+
+        ``dasuite data check`` uses it to compare image and label sizes as stored. This default converts
+        ``self[index]``; datasets that resize at decode time override it to return the file-resolution arrays.
+        """
+        item = self[index]
+        label = item.get("label")
+        return item["image"].permute(1, 2, 0).numpy(), None if label is None else label.numpy(), item["name"]

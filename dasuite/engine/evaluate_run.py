@@ -1,0 +1,60 @@
+"""Evaluate a finished run (or a config plus checkpoint) on one of its splits: the body of ``dasuite eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from accelerate import Accelerator
+
+from dasuite.config.load import load_config
+from dasuite.config.schema import ExperimentConfig
+from dasuite.data import build_dataset
+from dasuite.engine.checkpoint import load_weights
+from dasuite.engine.evaluate import evaluate
+from dasuite.engine.rundir import RunDir
+from dasuite.errors import DasuiteError
+from dasuite.models import create_model
+
+
+def resolve_run(run: Path, checkpoint: str) -> tuple[ExperimentConfig, Path]:
+    """A run directory's resolved config and the checkpoint named ``best``, ``last`` or given as a path."""
+    run_dir = RunDir(Path(run))
+    if not run_dir.config.is_file():
+        raise DasuiteError(f"{str(run)!r} is not a dasuite run directory (no config.yaml)")
+    cfg = load_config(run_dir.config)
+    if checkpoint == "best":
+        path = run_dir.best
+        if not path.exists():
+            raise DasuiteError(f"run {str(run)!r} has no best checkpoint yet ({path}); use --checkpoint last")
+    elif checkpoint == "last":
+        path = run_dir.last
+    else:
+        path = Path(checkpoint)
+    return cfg, path
+
+
+def evaluate_checkpoint(
+    cfg: ExperimentConfig,
+    checkpoint: Path,
+    split: str,
+    save_predictions: Optional[Path] = None,
+    progress: bool = True,
+) -> dict:
+    """Build the config's model, load ``checkpoint`` and evaluate on ``data.<split>``; returns the JSON result."""
+    entry = getattr(cfg.data, split, None)
+    if entry is None:
+        raise DasuiteError(f"the experiment has no data.{split} entry; set it in the YAML or pick another --split")
+    dataset = build_dataset(entry, cfg.data.resize)
+    model = create_model(cfg.model.arch, dataset.num_classes, tiny=cfg.model.tiny, **cfg.model.options)
+    state = load_weights(checkpoint)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise DasuiteError(f"{checkpoint}: weights do not match model {cfg.model.arch!r} "
+                           f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    model = model.to(accelerator.device)
+    out, _ = evaluate(model, dataset, accelerator, dataset.classes, batch_size=cfg.eval.batch_size,
+                      num_workers=cfg.data.num_workers, save_predictions=save_predictions, progress=progress,
+                      desc=f"eval {split}")
+    return out

@@ -1,0 +1,243 @@
+"""THE training loop: one Accelerate loop, iteration-based, shared by every method.
+
+Per iteration: draw a batch per domain the method uses, augment it on the device, ``method.training_step`` ->
+losses, backward of ``losses["loss"]`` (gradient accumulation and mixed precision through Accelerate), optimizer
+and schedule step, ``method.on_step_end``. Every ``log_interval``: scalar logging and the non-finite check; every
+``eval_interval``: validation, best checkpoint; every ``checkpoint_interval``: ``last`` checkpoint.
+Losses are accumulated on the device and read back only at log/eval/checkpoint time (no per-step host sync).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from dasuite.config.load import flatten_config
+from dasuite.config.schema import ExperimentConfig
+from dasuite.data import build_dataset
+from dasuite.data.augment import DeviceAugment
+from dasuite.data.loaders import build_train_loader
+from dasuite.engine.checkpoint import load_torch, load_weights, rng_state, save_torch, save_weights, set_rng_state, write_json
+from dasuite.engine.evaluate import evaluate
+from dasuite.engine.optim import build_optimizer, build_scheduler
+from dasuite.engine.rundir import RunDir
+from dasuite.errors import DasuiteError
+from dasuite.methods import METHODS
+
+
+def build_datasets(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Every configured dataset role; all must share one class table."""
+    datasets = {role: build_dataset(entry, cfg.data.resize) for role, entry in cfg.data.entries().items()}
+    counts = {role: ds.num_classes for role, ds in datasets.items()}
+    if len(set(counts.values())) > 1:
+        raise DasuiteError(f"data roles disagree on the number of classes: {counts}")
+    return datasets
+
+
+def load_model_weights(model: torch.nn.Module, path: str) -> None:
+    """Load weights (``init_from``) strictly, with an error naming the mismatched keys."""
+    state = load_weights(Path(path))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise DasuiteError(f"{path}: weights do not match model (missing {result.missing_keys[:5]}, "
+                           f"unexpected {result.unexpected_keys[:5]})")
+
+
+class Trainer:
+    """Builds everything a run needs from the config, then ``fit()`` runs the loop."""
+
+    def __init__(self, cfg: ExperimentConfig, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.run = RunDir.for_config(cfg)
+        if not resume and self.run.last.exists():
+            raise DasuiteError(f"run directory {str(self.run.root)!r} already has a checkpoint; pass --resume to "
+                               f"continue it, or choose another tag/work dir (tag=..., --work-dir)")
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.grad_accum,
+            log_with="tensorboard" if cfg.log.tensorboard else None,
+            project_config=ProjectConfiguration(project_dir=str(self.run.root), logging_dir=str(self.run.root)),
+        )
+        set_seed(cfg.seed, device_specific=True)
+        self.datasets = build_datasets(cfg)
+        self.classes = self.datasets["source"].classes
+        self.method = METHODS.get(cfg.method.name)(cfg, self.classes.num_classes)
+        missing = [role for role in self.method.domains if role not in self.datasets]
+        if missing:
+            raise DasuiteError(f"method {cfg.method.name!r} needs data.{missing[0]}, which the experiment does not set")
+        if cfg.train.init_from and not resume:
+            load_model_weights(self.method.model, cfg.train.init_from)
+        head = getattr(self.method.model, "head_prefixes", ())
+        optimizer = build_optimizer(self.method.model, cfg.optim, head)
+        self.scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_iters)
+        self.method.model, self.optimizer = self.accelerator.prepare(self.method.model, optimizer)
+        self.method.setup(self.accelerator)
+        acc = self.accelerator
+        self.loaders = {role: build_train_loader(self.datasets[role], cfg.train.batch_size, cfg.data.num_workers,
+                                                 seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes)
+                        for role in self.method.domains}
+        self.augments = {role: DeviceAugment(getattr(cfg.data, role).augment) for role in self.method.domains}
+        self.iteration = 0
+        self.best: Optional[dict] = None
+        self.final: Optional[dict] = None
+        if resume:
+            self._load_last()
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    def _save_last(self) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            save_torch({
+                "model": acc.unwrap_model(self.method.model).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "method": self.method.state_dict(),
+                "loaders": {role: loader.state_dict() for role, loader in self.loaders.items()},
+                "iteration": self.iteration,
+                "best": self.best,
+                "final": self.final,
+            }, self.run.last)
+        save_torch(rng_state(), self.run.rng(acc.process_index))
+        acc.wait_for_everyone()
+
+    def _load_last(self) -> None:
+        if not self.run.last.exists():
+            raise DasuiteError(f"--resume: no checkpoint at {str(self.run.last)!r}")
+        state = load_torch(self.run.last)
+        self.accelerator.unwrap_model(self.method.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        for role, loader in self.loaders.items():
+            loader.load_state_dict(state["loaders"][role])
+        self.iteration, self.best, self.final = state["iteration"], state["best"], state["final"]
+        set_rng_state(load_torch(self.run.rng(self.accelerator.process_index)))
+
+    # ---------------------------------------------------------------------------------------------------- eval
+    def _evaluate(self, role: str, vis: int = 0) -> tuple[dict, Optional[torch.Tensor]]:
+        model = self.accelerator.unwrap_model(self.method.eval_model())
+        return evaluate(model, self.datasets[role], self.accelerator, self.classes,
+                        batch_size=self.cfg.eval.batch_size, num_workers=self.cfg.data.num_workers,
+                        num_vis=vis, progress=self.cfg.log.progress_bar, desc=role)
+
+    def _validate(self) -> None:
+        acc, it = self.accelerator, self.iteration
+        result, grid = self._evaluate("val", self.cfg.log.num_vis_images)
+        self.final = {"iteration": it, **result}
+        value = result[self.cfg.train.best_metric]
+        improved = value is not None and (self.best is None or value > self.best[self.cfg.train.best_metric])
+        if improved:
+            self.best = {"iteration": it, **result}
+        if acc.is_main_process:
+            self.run.append_metrics({"iteration": it, "split": "val", **result})
+            if improved:
+                save_weights(acc.unwrap_model(self.method.eval_model()).state_dict(), self.run.best)
+                write_json(self.best, self.run.best_info)
+        scalars = {f"val/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and v is not None}
+        scalars.update({f"val_iou/{name}": v for name, v in result["iou"].items() if v is not None})
+        acc.log(scalars, step=it)
+        if grid is not None and self.cfg.log.tensorboard:
+            acc.get_tracker("tensorboard", unwrap=True).add_image("val/image_gt_prediction", grid, it)
+
+    # ---------------------------------------------------------------------------------------------------- loop
+    def _next_batches(self) -> dict[str, dict]:
+        batches = {}
+        for role, loader in self.loaders.items():
+            raw = next(loader)
+            image = raw["image"].to(self.accelerator.device, non_blocking=True)
+            label = raw.get("label")
+            label = label.to(self.accelerator.device, non_blocking=True) if label is not None else None
+            image, label = self.augments[role](image, label)
+            batches[role] = {"image": image, "label": label, "name": raw["name"]}
+        return batches
+
+    def fit(self) -> dict:
+        """Train to ``train.max_iters`` (from the resumed iteration), then write ``summary.json``."""
+        cfg, acc, tcfg = self.cfg, self.accelerator, self.cfg.train
+        if acc.is_main_process:
+            self.run.root.mkdir(parents=True, exist_ok=True)
+            self.run.write_config(cfg)
+            self.run.truncate_metrics(self.iteration)
+        acc.init_trackers("tensorboard", config=flatten_config(cfg))
+        model = self.method.model
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        bad = torch.zeros((), dtype=torch.bool, device=acc.device)
+        bar = tqdm(total=tcfg.max_iters, initial=self.iteration, desc=cfg.name, dynamic_ncols=True,
+                   disable=not (cfg.log.progress_bar and acc.is_main_process))
+        while self.iteration < tcfg.max_iters:
+            for _ in range(tcfg.grad_accum):
+                with acc.accumulate(model):
+                    losses = self.method.training_step(self._next_batches(), self.iteration)
+                    acc.backward(losses["loss"])
+                    if tcfg_clip := cfg.optim.grad_clip:
+                        if acc.sync_gradients:
+                            acc.clip_grad_norm_(model.parameters(), tcfg_clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                for name, value in losses.items():
+                    value = value.detach().float()
+                    bad |= ~torch.isfinite(value)
+                    sums[name] = sums.get(name, 0) + value
+                count += 1
+            self.scheduler.step()
+            self.method.on_step_end(self.iteration)
+            self.iteration += 1
+            bar.update(1)
+            it = self.iteration
+            done = it == tcfg.max_iters
+            if it % tcfg.log_interval == 0 or done:
+                self._check_finite(bad, sums, count)
+                scalars = {f"train/{k}": (v / count).item() for k, v in sums.items()}
+                scalars.update({f"train/lr_{g['group']}": g["lr"] for g in self.optimizer.param_groups})
+                acc.log(scalars, step=it)
+                bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
+                sums, count = {}, 0
+            if "val" in self.datasets and (it % tcfg.eval_interval == 0 or done):
+                self._validate()
+            if it % tcfg.checkpoint_interval == 0 or done:
+                self._check_finite(bad, sums, max(count, 1))
+                self._save_last()
+        bar.close()
+        summary = self._finish()
+        acc.end_training()
+        return summary
+
+    def _check_finite(self, bad: torch.Tensor, sums: dict[str, torch.Tensor], count: int) -> None:
+        if bool(bad):
+            detail = ", ".join(f"{k}={(v / count).item():.4g}" for k, v in sums.items())
+            last = f"{self.run.last} (iteration {load_torch(self.run.last)['iteration']})" if self.run.last.exists() else "none yet"
+            raise DasuiteError(f"non-finite loss before iteration {self.iteration} ({detail}); training stopped. "
+                               f"Last good checkpoint: {last}. Try a lower optim.lr or train.mixed_precision=no.")
+
+    def _finish(self) -> dict:
+        """Evaluate the best weights on the test split (when configured) and write ``summary.json``."""
+        summary: dict[str, Any] = {"experiment": self.cfg.name, "tag": self.cfg.run_tag(), "eval_model": "student",
+                                   "final": self.final, "best": self.best}
+        if "test" in self.datasets:
+            model = self.accelerator.unwrap_model(self.method.eval_model())
+            if self.best is not None and self.run.best.exists():
+                current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(load_weights(self.run.best))
+                result, _ = self._evaluate("test")
+                model.load_state_dict(current)
+                summary["test"] = {"iteration": self.best["iteration"], **result}
+            else:
+                result, _ = self._evaluate("test")
+                summary["test"] = {"iteration": self.iteration, **result}
+        if self.accelerator.is_main_process:
+            self.run.write_summary(summary)
+        self.accelerator.wait_for_everyone()
+        return summary
+
+
+def train(cfg: ExperimentConfig, resume: bool = False) -> dict:
+    """Run an experiment end to end; returns the summary written to ``summary.json``."""
+    return Trainer(cfg, resume=resume).fit()

@@ -1,0 +1,88 @@
+"""Optimizers with SegFormer-style parameter groups, and iteration-based LR schedules."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from dasuite.config.schema import OptimConfig, ScheduleConfig
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_NO_DECAY_NAME_PARTS = ("pos_block", "position_embedding", "pos_embed")
+
+
+def param_groups(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[str] = ()) -> list[dict]:
+    """Split trainable parameters into up to four groups: (head or not) x (normalisation/position or not).
+
+    Head parameters (names starting with one of ``head_prefixes``) get ``lr * head_lr_mult``; parameters of
+    normalisation layers and position blocks get ``norm_weight_decay`` (when set) instead of ``weight_decay``.
+    Each group records ``initial_lr`` so schedules scale it.
+    """
+    prefixes = tuple(head_prefixes)
+    no_decay: set[int] = set()
+    for mod_name, module in model.named_modules():
+        if isinstance(module, _NORM_TYPES) or any(p in mod_name for p in _NO_DECAY_NAME_PARTS):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = bool(prefixes) and name.startswith(prefixes)
+        is_norm = cfg.norm_weight_decay is not None and (
+            id(param) in no_decay or any(p in name for p in _NO_DECAY_NAME_PARTS)
+        )
+        groups.setdefault((is_head, is_norm), []).append(param)
+    out = []
+    for (is_head, is_norm), params in sorted(groups.items()):
+        lr = cfg.lr * (cfg.head_lr_mult if is_head else 1.0)
+        wd = cfg.norm_weight_decay if is_norm else cfg.weight_decay
+        out.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd,
+                    "group": f"{'head' if is_head else 'body'}{'_norm' if is_norm else ''}"})
+    return out
+
+
+def build_optimizer(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[str] = ()) -> torch.optim.Optimizer:
+    """AdamW or SGD over ``param_groups``."""
+    groups = param_groups(model, cfg, head_prefixes)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: "ScheduleConfig", max_iters: int, base_lr: float) -> Callable[[int], float]:
+    """Multiplier of ``base_lr`` at iteration ``it`` (0-based count of optimizer steps taken).
+
+    poly: ``(1 - it/max_iters)^power`` mapped onto [min_lr, base_lr]; step: ``gamma^(milestones passed)``;
+    constant: 1. Warm-up (mmcv-style, linear): during the first ``warmup_iters`` the factor is multiplied by
+    ``1 - (1 - it/warmup_iters) * (1 - warmup_ratio)``, starting at ``warmup_ratio``.
+    """
+    min_ratio = cfg.min_lr / base_lr if base_lr > 0 else 0.0
+
+    def factor(it: int) -> float:
+        if cfg.name == "poly":
+            progress = min(it, max_iters) / max_iters
+            f = (1 - min_ratio) * math.pow(1 - progress, cfg.power) + min_ratio
+        elif cfg.name == "step":
+            f = cfg.gamma ** sum(it >= m for m in cfg.milestones)
+        else:
+            f = 1.0
+        if it < cfg.warmup_iters:
+            f *= 1 - (1 - it / cfg.warmup_iters) * (1 - cfg.warmup_ratio)
+        return f
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: "ScheduleConfig", max_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR with one factor per parameter group (the min_lr floor is relative to each group's lr).
+
+    Not passed to ``accelerator.prepare``: the loop steps it exactly once per optimizer step (Accelerate would step
+    it once per process) and checkpoints it.
+    """
+    factors = [lr_factor(cfg, max_iters, g["initial_lr"]) for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)

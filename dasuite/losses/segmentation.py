@@ -1,0 +1,40 @@
+"""Supervised segmentation loss."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from dasuite.data.labels import IGNORE_INDEX
+
+
+def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of BxKxhxw logits to ``size`` = (H, W); no-op when already there."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def seg_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    class_weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Pixel-wise cross-entropy averaged over labelled pixels.
+
+    ``logits`` BxKxhxw are upsampled to the label size HxW first (as SegFormer/DeepLab recipes do). Unlike
+    ``F.cross_entropy(reduction="mean")`` this returns 0 (not NaN) for a batch whose pixels are all ignored, and it
+    never syncs with the host. With ``class_weights`` the sum is divided by the summed weights of labelled pixels.
+    """
+    logits = upsample_to(logits, labels.shape[-2:]).float()
+    labels = labels.long()
+    total = F.cross_entropy(logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="sum")
+    valid = labels != ignore_index
+    if class_weights is None:
+        denom = valid.sum()
+    else:
+        denom = class_weights[labels.clamp(0, len(class_weights) - 1)].mul(valid).sum()
+    return total / denom.clamp_min(1)

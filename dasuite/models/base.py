@@ -1,0 +1,35 @@
+"""The model contract shared by every segmentation network.
+
+``model(images)`` takes float images Bx3xHxW, normalised with ImageNet mean/std, and returns logits
+BxKx(H/s)x(W/s) at the model's ``output_stride`` s. ``model(images, return_features=True)`` returns
+``(logits, features)`` where ``features`` maps names to tensors:
+
+- ``stage1`` .. ``stage4``: encoder stage outputs (strides 4, 8, 16, 32 for SegFormer; ResNet layer1..4 or the
+  matching MobileNetV2 blocks for DeepLabV3+);
+- ``decoder``: the decoder feature just before dropout / the final classifier.
+
+``feature_channels`` gives each feature's channel count, so KD projectors can be built without a forward pass.
+``head_prefixes`` name the parameters that get the head learning-rate multiplier.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+from torch import nn
+
+from dasuite.registry import Registry
+
+ModelOutput = Union[torch.Tensor, tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+# name -> factory(num_classes: int, *, tiny: bool, pretrained: str | None, **options) -> SegModel
+MODELS: Registry[Callable[..., "SegModel"]] = Registry("model")
+
+
+class SegModel(nn.Module):
+    """Base class of segmentation networks; see the module docstring for the contract."""
+
+    output_stride: int = 4
+    feature_channels: dict[str, int]
+    head_prefixes: tuple[str, ...] = ()

@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny toy experiments that train in seconds on the CPU, and the shared real-data folder."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dasuite.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DASUITE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def tiny_toy_config(tmp_path: Path, *overrides: str, max_iters: int = 6, experiment: str = "source_only.yaml"):
+    """The shipped toy experiment shrunk to a few iterations on 64x48 images with few eval images."""
+    base = [
+        f"work_dir={tmp_path / 'runs'}", f"train.max_iters={max_iters}", "train.batch_size=2",
+        "train.eval_interval=3", "train.checkpoint_interval=3", "train.log_interval=1",
+        "schedule.warmup_iters=0", "data.num_workers=0", "eval.batch_size=4",
+        "data.source.size=[64,48]", "data.source.num_images=16", "data.source.augment.crop=[48,48]",
+        "data.val.size=[64,48]", "data.val.num_images=4", "data.test.size=[64,48]", "data.test.num_images=4",
+        "log.progress_bar=false", "log.num_vis_images=2",
+    ]
+    return load_config(ROOT / "experiments" / "toy" / experiment, [*base, *overrides])
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent")
+    return SHARED_DATA

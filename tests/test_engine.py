@@ -1,0 +1,111 @@
+"""The training loop end to end on tiny toy runs: files, resume equivalence, determinism, errors."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from dasuite.engine.checkpoint import load_torch, save_torch
+from dasuite.engine.loop import Trainer, train
+from dasuite.engine.rundir import RunDir
+from dasuite.errors import DasuiteError
+from dasuite.methods import source_only
+from tests.conftest import tiny_toy_config
+
+
+def _metrics(summary):
+    return summary["final"]["mIoU"], summary["final"]["mean_loss"], summary["best"]["iteration"]
+
+
+def test_run_writes_the_run_directory(tmp_path):
+    cfg = tiny_toy_config(tmp_path)
+    summary = train(cfg)
+    run = RunDir.for_config(cfg)
+    assert run.config.is_file() and run.last.is_file() and run.best.is_file() and run.summary.is_file()
+    on_disk = json.loads(run.summary.read_text())
+    assert on_disk["final"]["iteration"] == 6 and on_disk["best"]["iteration"] in (3, 6)
+    assert set(on_disk["test"]) >= {"iteration", "mIoU", "mAcc", "aAcc", "fwIoU", "iou", "acc", "mean_loss",
+                                    "sec_per_image", "num_images"}
+    assert on_disk["test"]["num_images"] == 4
+    lines = [json.loads(l) for l in run.metrics.read_text().splitlines()]
+    assert [l["iteration"] for l in lines] == [3, 6]
+    assert list((run.root / "tensorboard").rglob("events.out.tfevents*"))
+    assert load_torch(run.last)["iteration"] == 6
+    assert not list(run.checkpoints.glob("*.tmp")), "temporary files left behind"
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    a = train(tiny_toy_config(tmp_path / "a"))
+    b = train(tiny_toy_config(tmp_path / "b"))
+    assert _metrics(a) == _metrics(b)
+    assert a["final"]["iou"] == b["final"]["iou"]
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    full = train(tiny_toy_config(tmp_path / "full"))
+    cfg = tiny_toy_config(tmp_path / "cut")
+    original = source_only.SourceOnly.training_step
+
+    def crash_at_4(self, batches, step):
+        if step == 4:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, batches, step)
+
+    monkeypatch.setattr(source_only.SourceOnly, "training_step", crash_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert load_torch(RunDir.for_config(cfg).last)["iteration"] == 3
+    monkeypatch.setattr(source_only.SourceOnly, "training_step", original)
+    with pytest.raises(DasuiteError, match="--resume"):
+        Trainer(cfg)
+    resumed = train(cfg, resume=True)
+    assert _metrics(resumed) == _metrics(full)
+    assert resumed["test"]["iou"] == full["test"]["iou"]
+    lines = RunDir.for_config(cfg).metrics.read_text().splitlines()
+    assert [json.loads(l)["iteration"] for l in lines] == [3, 6]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_toy_config(tmp_path, "train.log_interval=1")
+    original = source_only.SourceOnly.training_step
+
+    def nan_from_4(self, batches, step):
+        out = original(self, batches, step)
+        if step >= 4:
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(source_only.SourceOnly, "training_step", nan_from_4)
+    with pytest.raises(DasuiteError, match="non-finite loss.*iteration 3"):
+        train(cfg)
+    state = load_torch(RunDir.for_config(cfg).last)
+    assert state["iteration"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_atomic_save_keeps_previous_file_on_failure(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_torch({"a": torch.ones(2)}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_torch({"a": Boom()}, path)
+    assert torch.equal(load_torch(path)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_init_from_loads_weights_with_fresh_schedule(tmp_path):
+    first = tiny_toy_config(tmp_path / "a")
+    train(first)
+    best = RunDir.for_config(first).best
+    second = tiny_toy_config(tmp_path / "b", f"train.init_from={best}", "train.max_iters=3")
+    trainer = Trainer(second)
+    loaded = trainer.accelerator.unwrap_model(trainer.method.model).state_dict()
+    from safetensors.torch import load_file
+    ref = load_file(str(best))
+    assert all(torch.equal(loaded[k], ref[k]) for k in ref)
+    assert trainer.iteration == 0
