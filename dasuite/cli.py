@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from pathlib import Path
@@ -170,3 +169,12 @@ def list_cmd(what: str) -> None:
 
     registry = {"models": MODELS, "methods": METHODS, "datasets": DATASETS}[what]
     click.echo("\n".join(registry.names()))
+
+
+def _register_report() -> None:
+    from dasuite.report import report_command
+
+    main.add_command(report_command)
+
+
+_register_report()

@@ -120,13 +120,12 @@ def _check_format(fmt: str) -> None:
 
 def format_result(result: dict, fmt: Format = "table", per_class: bool = True) -> str:
     """One result as text: per-class rows (class, IoU %, Acc %) when ``per_class``, then the summary rows
-    mIoU/mAcc/aAcc/fwIoU (%), mean loss, sec per image, images. ``json`` returns the dict (without the
-    ``iou``/``acc`` maps when not ``per_class``)."""
+    mIoU/mAcc/aAcc/fwIoU (%), mean loss, sec per image, images. ``json`` always returns the whole dict
+    (the documented ``dasuite eval --format json`` object, per-class maps included)."""
     _check_format(fmt)
     result = _check_result(result, "result")
     if fmt == "json":
-        shown = dict(result) if per_class else {k: v for k, v in result.items() if k not in ("iou", "acc")}
-        return json.dumps(shown, indent=2)
+        return json.dumps(dict(result), indent=2)
     sections = []
     if per_class:
         acc = result["acc"]

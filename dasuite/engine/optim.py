@@ -16,10 +16,12 @@ _NO_DECAY_NAME_PARTS = ("pos_block", "position_embedding", "pos_embed")
 
 
 def param_groups(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[str] = ()) -> list[dict]:
-    """Split trainable parameters into up to four groups: (head or not) x (normalisation/position or not).
+    """Split trainable parameters into up to three groups: head, body, body normalisation/position.
 
-    Head parameters (names starting with one of ``head_prefixes``) get ``lr * head_lr_mult``; parameters of
-    normalisation layers and position blocks get ``norm_weight_decay`` (when set) instead of ``weight_decay``.
+    Head parameters (names starting with one of ``head_prefixes``) get ``lr * head_lr_mult``; parameters of the
+    body's normalisation layers and position blocks get ``norm_weight_decay`` (when set) instead of
+    ``weight_decay``. As in SegFormer's mmcv recipe, where the ``norm`` key matched only encoder norms and the
+    decode head's BN (``linear_fuse.bn``) matched ``head``, head norms keep the lr multiplier and normal decay.
     Each group records ``initial_lr`` so schedules scale it.
     """
     prefixes = tuple(head_prefixes)
@@ -32,7 +34,7 @@ def param_groups(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[s
         if not param.requires_grad:
             continue
         is_head = bool(prefixes) and name.startswith(prefixes)
-        is_norm = cfg.norm_weight_decay is not None and (
+        is_norm = cfg.norm_weight_decay is not None and not is_head and (
             id(param) in no_decay or any(p in name for p in _NO_DECAY_NAME_PARTS)
         )
         groups.setdefault((is_head, is_norm), []).append(param)
