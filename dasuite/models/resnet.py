@@ -1,0 +1,129 @@
+"""Dilated ResNet trunks (torchvision Bottleneck blocks), shared by DeepLabV3+ and DeepLabV2.
+
+``ResNetBackbone`` keeps torchvision's module names (``conv1``, ``bn1``, ``layer1.0.downsample.1``...) so ImageNet
+``.pth`` files load as they are, and offers the two layouts the DeepLab family uses:
+
+- dilation rule: ``uniform_dilation=False`` is torchvision's ``replace_stride_with_dilation`` (the first block of a
+  dilated stage keeps the previous dilation: layer3 1,2,2..., layer4 2,4,4...); ``True`` is DeepLab-v2's (every 3x3
+  conv of a dilated stage uses the stage dilation: layer3 all 2, layer4 all 4; caffe prototxt, AdaptSegNet, ADVENT).
+- stride placement: ``stride_in_1x1=False`` puts a block's stride in its 3x3 conv (torchvision, "ResNet v1.5");
+  ``True`` in its first 1x1 conv (the original MSRA caffe ResNet the DeepLab-v2 weights come from).
+
+``caffe_stem_to_normalised_rgb`` adapts caffe-trained weights (BGR input, 0..255 minus the caffe mean pixel) to
+dasuite's input (RGB, ImageNet mean/std normalised).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from dasuite.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from dasuite.errors import ConfigError
+
+RESNET_BLOCKS = {"r50": (3, 4, 6, 3), "r101": (3, 4, 23, 3)}
+TINY_RESNET = {"planes": (4, 8, 16, 32), "stem": 8}  # tiny: stage channels 16/32/64/128, one block per stage
+TORCHVISION_RESNET_FILES = {
+    "r50": ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
+    "r101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth"),
+}
+CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # the DeepLab / AdaptSegNet IMG_MEAN, 0..255 units
+
+
+def dilated_stages(output_stride: int) -> tuple[bool, bool, bool]:
+    """Which of stages 2..4 trade their stride 2 for dilation (torchvision ``replace_stride_with_dilation``)."""
+    if output_stride not in (8, 16):
+        raise ConfigError(f"model option output_stride must be 8 or 16, got {output_stride!r}")
+    return (False, output_stride == 8, True)
+
+
+class ResNetBackbone(nn.Module):
+    """ResNet trunk (``conv1`` .. ``layer4``, no pooling/fc) of Bottleneck blocks of any width; returns 4 stages.
+
+    Full size: ``blocks`` (3, 4, 6, 3) = ResNet-50, (3, 4, 23, 3) = ResNet-101 with ``planes`` (64, 128, 256, 512),
+    ``stem`` 64. Stage channels are 4 x planes (``channels``). With the defaults, the same module names, strides and
+    dilations as ``torchvision.models.resnet50(replace_stride_with_dilation=...)``; see the module docstring for
+    ``uniform_dilation`` and ``stride_in_1x1``. ``norm_layer`` is e.g. ``nn.BatchNorm2d`` or torchvision's
+    ``FrozenBatchNorm2d`` (same state-dict names, minus ``num_batches_tracked``).
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[int],
+        planes: Sequence[int] = (64, 128, 256, 512),
+        stem: int = 64,
+        output_stride: int = 16,
+        *,
+        uniform_dilation: bool = False,
+        stride_in_1x1: bool = False,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(stem)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        dilate = (False, *dilated_stages(output_stride))
+        inplanes, dilation = stem, 1
+        for index, (count, width) in enumerate(zip(blocks, planes)):
+            stride, previous = (1 if index == 0 else 2), dilation
+            if dilate[index]:
+                dilation, stride = dilation * stride, 1
+            first_dilation = dilation if uniform_dilation else previous
+            out = width * Bottleneck.expansion
+            downsample = None
+            if stride != 1 or inplanes != out:
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, out, kernel_size=1, stride=stride, bias=False), norm_layer(out)
+                )
+            first = Bottleneck(inplanes, width, stride, downsample, dilation=first_dilation, norm_layer=norm_layer)
+            if stride_in_1x1 and stride != 1:
+                first.conv1.stride, first.conv2.stride = (stride, stride), (1, 1)
+            layers = [first]
+            layers += [Bottleneck(out, width, dilation=dilation, norm_layer=norm_layer) for _ in range(count - 1)]
+            self.add_module(f"layer{index + 1}", nn.Sequential(*layers))
+            inplanes = out
+        self.channels = tuple(w * Bottleneck.expansion for w in planes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        stages = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            stages.append(x)
+        return stages
+
+
+def resnet_backbone(name: str, *, tiny: bool, output_stride: int, **layout: object) -> ResNetBackbone:
+    """``r50`` / ``r101`` trunk; ``tiny``: stem 8, planes 4/8/16/32, blocks 1/1/1/1 (r101: 1/1/2/1).
+    ``layout`` = the keyword options of ``ResNetBackbone`` (``uniform_dilation``, ``stride_in_1x1``, ``norm_layer``)."""
+    if tiny:
+        blocks = (1, 1, 1 + (name == "r101"), 1)
+        return ResNetBackbone(blocks, TINY_RESNET["planes"], TINY_RESNET["stem"], output_stride, **layout)
+    return ResNetBackbone(RESNET_BLOCKS[name], output_stride=output_stride, **layout)
+
+
+def caffe_stem_to_normalised_rgb(
+    conv1: torch.Tensor, bn1_running_mean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caffe ResNet stem weights -> the same function of dasuite's normalised RGB input.
+
+    Caffe input (channel order BGR): x_c = 255 * (std_c * x_c' + mean_c) - caffe_mean_c, with x' the normalised
+    RGB image. conv1 is linear without bias, so conv1(x) = W' * x' + b with W'[:, c] = W[:, bgr(c)] * 255 * std_c and
+    b_o = sum over c, kernel of W[o, bgr(c)] * (255 * mean_c - caffe_mean_c); b is absorbed by bn1's running mean
+    (rm' = rm - b; in train-mode BN the batch mean absorbs it by itself). Exact except for the outputs whose 7x7
+    window reaches the zero padding (within 3 px of the border), where the two conventions pad with mean pixels
+    that differ by about one grey level.
+    """
+    rgb = conv1.flip(1)
+    std = torch.tensor(IMAGENET_STD, dtype=conv1.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=conv1.dtype).view(1, 3, 1, 1)
+    caffe_mean_rgb = torch.tensor(CAFFE_MEAN_BGR[::-1], dtype=conv1.dtype).view(1, 3, 1, 1)
+    offset = (rgb * (255.0 * mean - caffe_mean_rgb)).sum(dim=(1, 2, 3))
+    return rgb * (255.0 * std), bn1_running_mean - offset.to(bn1_running_mean.dtype)
