@@ -44,37 +44,52 @@ def main(debug: bool) -> None:
     """dasuite: semantic segmentation with scarce target labels (domain adaptation, semi-supervised, KD)."""
 
 
-@main.command(epilog="""Examples:\n
-  dasuite run experiments/toy/source_only.yaml\n
-  dasuite run experiments/camvid/segformer_b0.yaml train.max_iters=200 data.resize=[240,180]\n
+@main.command(epilog="""\b
+Examples:
+  dasuite run experiments/toy/source_only.yaml
+  dasuite run experiments/camvid/segformer_b0.yaml train.max_iters=200 data.resize=[240,180]
+  dasuite run experiments/camvid/segformer_b0.yaml --seeds 1,2,3 --folds 1,2
   accelerate launch -m dasuite run experiments/camvid/segformer_b0.yaml --fold 1 --seed 2""")
 @click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
-@click.option("--seed", type=int, help="Random seed (sets `seed`; also names the run tag).")
-@click.option("--fold", type=int, help="Cross-validation fold for every dataset that has folds (e.g. CamVid 1|2).")
+@click.option("--seed", "--seeds", "seeds", help="Random seed(s), comma-separated (1,2,3 runs each in turn; names the run tag).")
+@click.option("--fold", "--folds", "folds", help="Fold(s) for every dataset that has folds, comma-separated (e.g. 1,2).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Root of run directories (default: runs).")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Initialise model weights from a checkpoint; fresh optimizer and schedule.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
 @friendly_errors
-def run(experiment: Path, overrides: tuple[str, ...], seed: Optional[int], fold: Optional[int],
+def run(experiment: Path, overrides: tuple[str, ...], seeds: Optional[str], folds: Optional[str],
         work_dir: Optional[str], init_from: Optional[str], resume: bool) -> None:
-    """Train EXPERIMENT (a YAML file) with optional KEY=VALUE overrides, e.g. train.max_iters=200."""
+    """Train EXPERIMENT (a YAML file) with optional KEY=VALUE overrides, e.g. train.max_iters=200.
+
+    With several seeds and/or folds every combination runs in turn, each in its own run directory."""
     from dasuite.config import load_config
     from dasuite.engine.loop import train
 
     extra: dict = {}
-    if seed is not None:
-        extra["seed"] = seed
     if work_dir is not None:
         extra["work_dir"] = work_dir
     if init_from is not None:
         extra["train.init_from"] = init_from
-    cfg = load_config(experiment, overrides, extra)
-    if fold is not None:
-        cfg = _with_fold(cfg, fold)
-    summary = train(cfg, resume=resume)
-    if _is_main_process():
-        _print_summary(summary)
+    combos = [(s, f) for s in _int_list(seeds, "--seed") for f in _int_list(folds, "--fold")]
+    for seed, fold in combos:
+        cfg = load_config(experiment, overrides, {**extra, **({"seed": seed} if seed is not None else {})})
+        if fold is not None:
+            cfg = _with_fold(cfg, fold)
+        if len(combos) > 1 and _is_main_process():
+            click.echo(f"== {cfg.name}/{cfg.run_tag()}")
+        summary = train(cfg, resume=resume)
+        if _is_main_process():
+            _print_summary(summary)
+
+
+def _int_list(text: Optional[str], option: str) -> list[Optional[int]]:
+    if text is None:
+        return [None]
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected integers separated by commas, got {text!r}", param_hint=option) from None
 
 
 def _with_fold(cfg, fold: int):
@@ -99,8 +114,9 @@ def _print_summary(summary: dict) -> None:
             click.echo(format_result(result, "table", per_class=True))
 
 
-@main.command("eval", epilog="""Examples:\n
-  dasuite eval --run runs/source_only/seed0 --split test --per-class\n
+@main.command("eval", epilog="""\b
+Examples:
+  dasuite eval --run runs/source_only/seed0 --split test --per-class
   dasuite eval --config experiments/camvid/segformer_b0.yaml --checkpoint model.safetensors --format json""")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), help="A run directory.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="An experiment YAML (with --checkpoint).")
