@@ -6,7 +6,10 @@ BxKx(H/s)x(W/s) at the model's ``output_stride`` s. ``model(images, return_featu
 
 - ``stage1`` .. ``stage4``: encoder stage outputs (strides 4, 8, 16, 32 for SegFormer; ResNet layer1..4 or the
   matching MobileNetV2 blocks for DeepLabV3+);
-- ``decoder``: the decoder feature just before dropout / the final classifier.
+- ``decoder``: the decoder feature just before dropout / the final classifier;
+- ``aux_logits``: multi-level models only (DeepLabV2), the auxiliary (layer3) classifier's logits.
+
+Logits are at stride 4 for SegFormer and DeepLabV3+, 8 for DeepLabV2.
 
 ``feature_channels`` gives each feature's channel count, so KD projectors can be built without a forward pass.
 ``head_prefixes`` name the parameters that get the head learning-rate multiplier.
