@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from dasuite.config.load import flatten_config
@@ -63,20 +63,26 @@ class Trainer:
             gradient_accumulation_steps=cfg.train.grad_accum,
             log_with="tensorboard" if cfg.log.tensorboard else None,
             project_config=ProjectConfiguration(project_dir=str(self.run.root), logging_dir=str(self.run.root)),
+            kwargs_handlers=[DistributedDataParallelKwargs(
+                find_unused_parameters=METHODS.get(cfg.method.name).find_unused_parameters)],
         )
         set_seed(cfg.seed, device_specific=True)
         self.datasets = build_datasets(cfg)
         self.classes = self.datasets["source"].classes
         self.method = METHODS.get(cfg.method.name)(cfg, self.classes.num_classes)
+        self.extras = self.method.extra_modules()
         missing = [role for role in self.method.domains if role not in self.datasets]
         if missing:
             raise DasuiteError(f"method {cfg.method.name!r} needs data.{missing[0]}, which the experiment does not set")
         if cfg.train.init_from and not resume:
             load_model_weights(self.method.model, cfg.train.init_from)
         head = getattr(self.method.model, "head_prefixes", ())
-        optimizer = build_optimizer(self.method.model, cfg.optim, head)
+        optimizer = build_optimizer(self.method.model, cfg.optim, head, [getattr(self.method, n) for n in self.extras])
         self.scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_iters)
-        self.method.model, self.optimizer = self.accelerator.prepare(self.method.model, optimizer)
+        prepared = self.accelerator.prepare(self.method.model, *[getattr(self.method, n) for n in self.extras], optimizer)
+        self.method.model, self.optimizer = prepared[0], prepared[-1]
+        for name, module in zip(self.extras, prepared[1:-1]):
+            setattr(self.method, name, module)
         self.method.setup(self.accelerator)
         acc = self.accelerator
         self.loaders = {role: build_train_loader(self.datasets[role], cfg.train.batch_size, cfg.data.num_workers,
@@ -98,6 +104,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "method": self.method.state_dict(),
+                "extras": {n: acc.unwrap_model(getattr(self.method, n)).state_dict() for n in self.extras},
                 "loaders": {role: loader.state_dict() for role, loader in self.loaders.items()},
                 "iteration": self.iteration,
                 "best": self.best,
@@ -114,6 +121,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
+        for name in self.extras:
+            self.accelerator.unwrap_model(getattr(self.method, name)).load_state_dict(state["extras"][name])
         for role, loader in self.loaders.items():
             loader.load_state_dict(state["loaders"][role])
         self.iteration, self.best, self.final = state["iteration"], state["best"], state["final"]
@@ -166,7 +175,9 @@ class Trainer:
             self.run.truncate_metrics(self.iteration)
         acc.init_trackers("tensorboard", config=flatten_config(cfg))
         model = self.method.model
-        model.train()
+        trained = [model, *(getattr(self.method, n) for n in self.extras)]
+        for module in trained:
+            module.train()
         sums: dict[str, torch.Tensor] = {}
         count = 0
         bad = torch.zeros((), dtype=torch.bool, device=acc.device)
@@ -174,12 +185,11 @@ class Trainer:
                    disable=not (cfg.log.progress_bar and acc.is_main_process))
         while self.iteration < tcfg.max_iters:
             for _ in range(tcfg.grad_accum):
-                with acc.accumulate(model):
+                with acc.accumulate(*trained):
                     losses = self.method.training_step(self._next_batches(), self.iteration)
                     acc.backward(losses["loss"])
-                    if tcfg_clip := cfg.optim.grad_clip:
-                        if acc.sync_gradients:
-                            acc.clip_grad_norm_(model.parameters(), tcfg_clip)
+                    if cfg.optim.grad_clip and acc.sync_gradients:
+                        acc.clip_grad_norm_([p for m in trained for p in m.parameters()], cfg.optim.grad_clip)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 for name, value in losses.items():

@@ -47,9 +47,16 @@ def param_groups(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[s
     return out
 
 
-def build_optimizer(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[str] = ()) -> torch.optim.Optimizer:
-    """AdamW or SGD over ``param_groups``."""
+def build_optimizer(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[str] = (),
+                    extra: Iterable[nn.Module] = ()) -> torch.optim.Optimizer:
+    """AdamW or SGD over ``param_groups``; ``extra`` modules (new layers such as KD projectors) form one more group
+    at the head learning rate and normal weight decay."""
     groups = param_groups(model, cfg, head_prefixes)
+    extra_params = [p for m in extra for p in m.parameters() if p.requires_grad]
+    if extra_params:
+        lr = cfg.lr * cfg.head_lr_mult
+        groups.append({"params": extra_params, "lr": lr, "initial_lr": lr, "weight_decay": cfg.weight_decay,
+                       "group": "extra"})
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,

@@ -32,6 +32,8 @@ class Method(abc.ABC):
 
     #: data roles drawn every step, e.g. ("source",) or ("source", "target"); each needs ``data.<role>`` set.
     domains: tuple[str, ...] = ("source",)
+    #: DDP option, for methods whose step leaves some prepared parameters without a gradient.
+    find_unused_parameters: bool = False
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         self.cfg = cfg
@@ -39,6 +41,12 @@ class Method(abc.ABC):
         self.model: nn.Module = create_model(
             cfg.model.arch, num_classes, tiny=cfg.model.tiny, pretrained=cfg.model.pretrained, **cfg.model.options
         )
+
+    def extra_modules(self) -> tuple[str, ...]:
+        """Names of attributes holding extra trainable modules (e.g. KD projectors) that train with ``self.model``'s
+        optimizer at the head learning rate; the engine prepares them (replacing the attributes) and checkpoints
+        them."""
+        return ()
 
     def setup(self, accelerator: "Accelerator") -> None:
         """Called once after the engine prepared ``self.model``: place frozen/extra modules on the device here."""
