@@ -13,8 +13,9 @@ from typing import Optional
 
 import numpy as np
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
+from dasuite.data.augment import AugmentConfig
 from dasuite.data.labels import IGNORE_INDEX, ClassTable
 from dasuite.errors import DasuiteError
 from dasuite.registry import Registry
@@ -27,13 +28,15 @@ class DatasetConfig(Section):
     """Fields every dataset entry has; each dataset subclasses this with ``name: Literal[...]`` and its options.
 
     ``root`` may use environment variables (``$DASUITE_DATA/camvid``); ``resize`` is (width, height) and, when
-    unset, falls back to ``data.resize``.
+    unset, falls back to ``data.resize``; ``augment`` is the device augmentation used when the entry is trained on
+    (ignored for evaluation entries).
     """
 
     name: str
     root: Optional[str] = None
     split: str = "train"
     resize: Optional[tuple[int, int]] = None
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("resize")
     @classmethod
@@ -65,9 +68,18 @@ class SegDataset(torch.utils.data.Dataset):
 
     classes: ClassTable
     config_class: type[DatasetConfig]
+    #: (width, height) images are resized to at decode time, or None.
+    resize: Optional[tuple[int, int]] = None
+    #: False for evaluation: labels stay at their stored resolution (logits are upsampled to it).
+    resize_labels: bool = True
 
     def __init__(self, cfg: DatasetConfig) -> None:
         self.cfg = cfg
+
+    @property
+    def label_size(self) -> Optional[tuple[int, int]]:
+        """The (width, height) labels are resized to, or None to keep their stored resolution."""
+        return self.resize if self.resize_labels else None
 
     @property
     def num_classes(self) -> int:

@@ -45,7 +45,7 @@ def evaluate_checkpoint(
     entry = getattr(cfg.data, split, None)
     if entry is None:
         raise DasuiteError(f"the experiment has no data.{split} entry; set it in the YAML or pick another --split")
-    dataset = build_dataset(entry, cfg.data.resize)
+    dataset = build_dataset(entry, cfg.data.resize, resize_labels=False)
     model = create_model(cfg.model.arch, dataset.num_classes, tiny=cfg.model.tiny, **cfg.model.options)
     state = load_weights(checkpoint)
     result = model.load_state_dict(state, strict=False)

@@ -31,9 +31,13 @@ from dasuite.errors import DasuiteError
 from dasuite.methods import METHODS
 
 
+EVAL_ROLES = ("val", "test")
+
+
 def build_datasets(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Every configured dataset role; all must share one class table."""
-    datasets = {role: build_dataset(entry, cfg.data.resize) for role, entry in cfg.data.entries().items()}
+    """Every configured dataset role (evaluation roles keep full-resolution labels); one class table for all."""
+    datasets = {role: build_dataset(entry, cfg.data.resize, resize_labels=role not in EVAL_ROLES)
+                for role, entry in cfg.data.entries().items()}
     counts = {role: ds.num_classes for role, ds in datasets.items()}
     if len(set(counts.values())) > 1:
         raise DasuiteError(f"data roles disagree on the number of classes: {counts}")

@@ -1,0 +1,31 @@
+"""Datasets (registered by name in ``DATASETS``), device augmentation, loaders and the data check.
+
+Importing this package registers every built-in dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from dasuite.data.base import DATASETS, DatasetConfig, SegDataset
+from dasuite.data.camvid import CamVidConfig, CamVidDataset
+from dasuite.data.toy import ToyConfig, ToyDataset
+
+__all__ = [
+    "DATASETS", "DatasetConfig", "SegDataset", "CamVidConfig", "CamVidDataset", "ToyConfig", "ToyDataset",
+    "build_dataset",
+]
+
+
+def build_dataset(cfg: DatasetConfig, default_resize: Optional[tuple[int, int]] = None,
+                  resize_labels: bool = True) -> SegDataset:
+    """Instantiate the dataset named by ``cfg.name``; the effective resize is ``cfg.resize`` or ``default_resize``
+    (the experiment-wide ``data.resize``), as (width, height). With ``resize_labels=False`` (evaluation) only the
+    images are resized and labels keep their stored resolution, so metrics are computed at full label resolution."""
+    cls = DATASETS.get(cfg.name)
+    if not isinstance(cfg, cls.config_class):
+        cfg = cls.config_class.model_validate(cfg.model_dump(exclude_unset=True))
+    resize = cfg.resize if cfg.resize is not None else default_resize
+    dataset = cls(cfg, tuple(resize) if resize is not None else None)
+    dataset.resize_labels = resize_labels
+    return dataset
