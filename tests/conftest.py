@@ -4,8 +4,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from dasuite.config import load_config
+
+# One intra-op thread: the models in tests are tiny, and on a 2-core machine shared with loader workers or other
+# jobs, oversubscribed OpenMP threads make each step many times slower. The engine respects OMP_NUM_THREADS.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DASUITE_SHARED_DATA", ROOT.parent / "shared" / "data"))

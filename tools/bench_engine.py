@@ -93,7 +93,7 @@ def run_engine(args) -> dict:
     batches = _cached_batches(args, device)
     stamps: list[float] = []
     counter = iter(range(10**9))
-    trainer._next_batches = lambda: batches[next(counter) % len(batches)]
+    trainer._next_batches = lambda: {"source": batches[next(counter) % len(batches)]}
     original_end = trainer.method.on_step_end
     peak = {}
 
