@@ -99,8 +99,11 @@ def _with_fold(cfg, fold: int):
     entries = [role for role, entry in cfg.data.entries().items() if "fold" in type(entry).model_fields]
     if not entries:
         raise ConfigError("--fold was given but no dataset in the experiment has folds")
-    for role in entries:
-        raw["data"][role]["fold"] = fold
+    for role in entries:  # role may be dotted for mix members, e.g. "source.mix.0"
+        node = raw["data"]
+        for part in role.split("."):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node["fold"] = fold
     return validate_config(raw, source="--fold")
 
 
@@ -194,3 +197,44 @@ def _register_report() -> None:
 
 
 _register_report()
+
+
+@main.command("pseudo-label", epilog="""\b
+Examples:
+  dasuite pseudo-label --run runs/toy_classmix_pseudo/seed0 --dataset-role target --out pl/toy --save-images
+  dasuite pseudo-label --run RUN --checkpoint last --teacher --out pl/cs --class-thresholds percentile:0.5""")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), help="A run directory.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="An experiment YAML (with --checkpoint).")
+@click.option("--checkpoint", default="best", help="best | last | a checkpoint path (.safetensors or .pt).")
+@click.option("--teacher", is_flag=True, help="Use the EMA teacher stored in a mean_teacher .pt checkpoint (--checkpoint last).")
+@click.option("--dataset-role", "role", default="target", help="Which data entry to label: target | source | val | test.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (resumable).")
+@click.option("--threshold", type=float, help="Pixels with confidence below it become 255 (default 0: keep all).")
+@click.option("--class-thresholds", help="Per-class thresholds, percentile:P (CBST): class k keeps its top (1-P) pixels.")
+@click.option("--save-confidence", is_flag=True, help="Also write confidence/<name>.png (255 x max softmax).")
+@click.option("--save-images", is_flag=True, help="Also write images/<name>.png, making the folder a dataset on its own.")
+@click.argument("overrides", nargs=-1)
+@friendly_errors
+def pseudo_label_cmd(run_dir: Optional[Path], config_path: Optional[Path], checkpoint: str, teacher: bool, role: str,
+                     out: Path, threshold: Optional[float], class_thresholds: Optional[str], save_confidence: bool,
+                     save_images: bool, overrides: tuple[str, ...]) -> None:
+    """Label a data role with a trained model: PNGs of train ids (255 = low confidence), a manifest, and the
+    pseudo-labels' quality when ground truth exists (docs/self_training.md)."""
+    from dasuite.config import load_config
+    from dasuite.engine.evaluate_run import resolve_run
+    from dasuite.pseudo_label import format_quality, parse_class_thresholds, pseudo_label
+
+    if (run_dir is None) == (config_path is None):
+        raise click.UsageError("give exactly one of --run RUN_DIR or --config EXPERIMENT")
+    if run_dir is not None:
+        cfg, ckpt = resolve_run(run_dir, checkpoint)
+        cfg = load_config(run_dir / "config.yaml", overrides) if overrides else cfg
+    else:
+        if checkpoint in ("best", "last"):
+            raise click.UsageError("with --config, --checkpoint must be a file path")
+        cfg, ckpt = load_config(config_path, overrides), Path(checkpoint)
+    percentile = parse_class_thresholds(class_thresholds) if class_thresholds else None
+    manifest = pseudo_label(cfg, ckpt, role, out, threshold=threshold, class_percentile=percentile,
+                            save_confidence=save_confidence, save_images=save_images, teacher=teacher)
+    if _is_main_process():
+        click.echo(format_quality(manifest))

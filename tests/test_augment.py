@@ -4,7 +4,14 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from dasuite.data.augment import AugmentConfig, ColorJitterConfig, DeviceAugment, denormalize, normalize
+from dasuite.data.augment import (
+    AugmentConfig,
+    ColorJitterConfig,
+    DeviceAugment,
+    StrongConfig,
+    denormalize,
+    normalize,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 PALETTE = torch.tensor(
@@ -141,3 +148,89 @@ def test_config_validation():
     assert AugmentConfig(color_jitter=True).color_jitter == ColorJitterConfig()
     assert AugmentConfig(color_jitter={}).color_jitter == ColorJitterConfig()
     assert AugmentConfig(color_jitter=False).color_jitter is None
+
+
+# ------------------------------------------------------------------------------------------ strong pipeline
+STRONG_ONLY_POLICY = dict(color_jitter=None, grayscale=0.0, blur=0.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment", None])
+def test_strong_pipeline_keeps_padding_and_alignment(device, policy):
+    images, labels = blocky_pair(b=6)
+    geo = dict(scale=(0.5, 1.0), crop=(56, 40), hflip=0.5)
+    torch.manual_seed(11)
+    weak_out, weak_lab = DeviceAugment(AugmentConfig(**geo))(images.to(device), labels.to(device))
+    torch.manual_seed(11)
+    strong = DeviceAugment(AugmentConfig(**geo, pipeline="strong", strong=StrongConfig(policy=policy)))
+    out, lab = strong(images.to(device), labels.to(device))
+    # Same geometry draws -> the very same labels: 255 padding kept, never class 0, aligned with weak's image.
+    assert torch.equal(lab, weak_lab) and (lab == 255).any() and not (lab == 0).any()
+    assert out.shape == weak_out.shape == (6, 3, 40, 56) and torch.isfinite(out).all()
+    assert (out - weak_out).abs().mean() > 0.05, "the photometric part changes the images"
+
+
+def test_photometric_part_is_image_only_and_accepts_both_inputs():
+    images, labels = blocky_pair()
+    aug = DeviceAugment(AugmentConfig(strong=StrongConfig(policy="randaugment")))
+    torch.manual_seed(2)
+    from_uint8 = aug.photometric(images)
+    torch.manual_seed(2)
+    from_normalised = aug.photometric(normalize(images))
+    assert from_uint8.shape == images.shape and from_uint8.dtype == torch.float32
+    torch.testing.assert_close(from_normalised, from_uint8, atol=1e-4, rtol=0)
+    assert (denormalize(from_uint8).float() - images.float()).abs().mean() > 2
+    # In the strong pipeline it only changes pixel values: the image content stays where the label says.
+    cfg = AugmentConfig(scale=(1.0, 1.0), hflip=0.0, pipeline="strong",
+                        strong=StrongConfig(policy=None, color_jitter=None, grayscale=0.0, blur=1.0,
+                                            blur_sigma=(0.5, 0.5)))
+    out, lab = DeviceAugment(cfg)(images, labels)
+    assert torch.equal(lab, labels)
+    interior = torch.zeros_like(labels, dtype=torch.bool)  # pixels at least 2 away from a block edge
+    interior[:, 2:-2, 2:-2] = True
+    interior &= (torch.arange(48) % 8 >= 2).view(1, 48, 1) & (torch.arange(48) % 8 < 6).view(1, 48, 1)
+    interior &= (torch.arange(64) % 8 >= 2).view(1, 1, 64) & (torch.arange(64) % 8 < 6).view(1, 1, 64)
+    assert (nearest_palette_class(out) == labels)[interior].all()
+
+
+def test_policies_hold_only_photometric_operations_and_vary_per_sample():
+    from kornia.augmentation import IntensityAugmentationBase2D
+
+    from dasuite.data.augment import photometric_policy
+
+    for name in ("autoaugment", "randaugment"):
+        ops = [m for m in photometric_policy(StrongConfig(policy=name)).modules() if hasattr(m, "op")]
+        assert ops and all(isinstance(m.op, IntensityAugmentationBase2D) for m in ops)
+    assert photometric_policy(StrongConfig(policy=None)) is None
+    images, _ = blocky_pair(b=6)
+    images[:] = images[0]
+    aug = DeviceAugment(AugmentConfig(strong=StrongConfig(policy="randaugment", **STRONG_ONLY_POLICY)))
+    torch.manual_seed(0)
+    out = aug.photometric(images)
+    assert len({tuple(x.flatten()[::97].tolist()) for x in out}) > 1, "every image draws its own operations"
+
+
+def test_strong_grayscale_blur_and_reproducibility():
+    images, labels = blocky_pair()
+    grey = DeviceAugment(AugmentConfig(strong=StrongConfig(policy=None, color_jitter=None, grayscale=1.0, blur=0.0)))
+    out = denormalize(grey.photometric(images)).float()
+    assert (out.amax(1) - out.amin(1)).max() <= 1, "grayscale: equal channels"
+    aug = DeviceAugment(AugmentConfig(crop=(40, 32), pipeline="strong"))
+    torch.manual_seed(5)
+    a = aug(images, labels)
+    torch.manual_seed(5)
+    b = aug(images, labels)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    off, _ = DeviceAugment(AugmentConfig(enabled=False, pipeline="strong"))(images, labels)
+    torch.testing.assert_close(off, normalize(images))
+
+
+def test_strong_config_validation():
+    with pytest.raises(ValidationError):
+        AugmentConfig(pipeline="medium")
+    with pytest.raises(ValidationError, match="blur_sigma"):
+        StrongConfig(blur_sigma=(2.0, 1.0))
+    with pytest.raises(ValidationError):
+        StrongConfig(policy="trivialaugment")
+    assert StrongConfig(color_jitter=True).color_jitter == StrongConfig().color_jitter
+    assert StrongConfig().color_jitter.hue == 0.25 and AugmentConfig().pipeline == "weak"

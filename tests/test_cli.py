@@ -101,3 +101,14 @@ def test_data_check_fails_on_missing_root(tmp_path):
     exp = ROOT / "experiments" / "camvid" / "segformer_b0.yaml"
     result = CliRunner().invoke(main, ["data", "check", str(exp), f"data.source.root={tmp_path / 'nowhere'}"])
     assert result.exit_code == 1 and "nowhere" in result.output
+
+
+def test_fold_option_reaches_mix_members():
+    from dasuite.cli import _with_fold
+    from dasuite.config import load_config
+
+    cfg = load_config(ROOT / "experiments" / "camvid" / "segformer_b0.yaml",
+                      ["data.source={mix: [{name: camvid, split: train}, {name: toy}]}"])
+    folded = _with_fold(cfg, 2)
+    assert folded.data.source.mix[0].fold == 2 and folded.data.val.fold == 2 and folded.data.test.fold == 2
+    assert folded.run_tag() == "fold2_seed0"

@@ -85,6 +85,13 @@ def test_fold_tag_and_milestones_validation():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_experiment_validates(path):
-    if "cityscapes" in path.parts:
-        pytest.skip("the cityscapes dataset arrives with the full shared layer (issue 3)")
     load_config(path)
+
+
+def test_unknown_key_suggestions_in_optional_roles_and_mixes():
+    with pytest.raises(ConfigError) as err:
+        load_config(TOY, ["data.val.spilt=val"])
+    assert "data.val.spilt" in str(err.value) and "did you mean 'data.val.split'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(TOY, ["data.source={mix: [{name: toy}, {name: toy, spilt: val}]}"])
+    assert "data.source.mix.1.spilt" in str(err.value) and "data.source.mix.1.split" in str(err.value)

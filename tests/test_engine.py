@@ -127,3 +127,14 @@ def test_short_toy_training_beats_chance_on_the_target(tmp_path):
     constant.update(torch.full_like(labels, int(counts.argmax())), labels)
     chance = compute_metrics(constant.matrix).miou
     assert summary["final"]["mIoU"] > 2 * chance, (summary["final"]["mIoU"], chance)
+
+
+def test_class_subset_summaries_for_synthia_protocol():
+    from dasuite.data.labels import CITYSCAPES
+    from dasuite.engine.evaluate import add_subset_summaries
+
+    iou = {name: 0.5 for name in CITYSCAPES.names}
+    iou.update({"terrain": 0.0, "truck": 0.0, "train": 0.0, "wall": 0.2, "fence": 0.2, "pole": None})
+    result = add_subset_summaries({"iou": iou}, ["synthia16", "synthia13"], CITYSCAPES)
+    assert result["mIoU_synthia16"] == pytest.approx((11 * 0.5 + 2 * 0.2 + 2 * 0.5) / 15)  # pole undefined: skipped
+    assert result["mIoU_synthia13"] == pytest.approx(0.5)

@@ -127,7 +127,9 @@ def _dotted(loc: Iterable[Any]) -> str:
     model: Any = ExperimentConfig
     for part in loc:
         fields = getattr(model, "model_fields", None)
-        if fields is not None and part in fields:
+        if isinstance(part, int):  # a list index: same model, keep the index in the key
+            parts.append(str(part))
+        elif fields is not None and part in fields:
             parts.append(str(part))
             model = _unwrap(fields[part].annotation)
         elif isinstance(model, list) and any(m.model_fields["name"].annotation == typing.Literal[part] for m in model):
@@ -144,15 +146,21 @@ def _unwrap(annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _unwrap(args[0])
+    if origin is list:
+        return _unwrap(args[0])
     if origin is typing.Union:
-        models = [_unwrap(a) for a in args]
-        flat = [m for m in models if isinstance(m, type) and issubclass(m, BaseModel)]
+        flat: list = []
+        for member in (_unwrap(a) for a in args):
+            flat.extend(member if isinstance(member, list) else [member])
+        flat = [m for m in flat if isinstance(m, type) and issubclass(m, BaseModel)]
         return flat[0] if len(flat) == 1 else flat
     return annotation
 
 
 def _valid_keys(model: Any, loc: list[Any]) -> list[str]:
     for part in loc:
+        if isinstance(part, int):
+            continue
         if isinstance(model, list):
             model = next((m for m in model if m.model_fields["name"].annotation == typing.Literal[part]), None)
             continue

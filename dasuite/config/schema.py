@@ -9,36 +9,98 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from dasuite.data.augment import AugmentConfig
 from dasuite.data.camvid import CamVidConfig
+from dasuite.data.cityscapes import CityscapesConfig
+from dasuite.data.folder import FolderConfig
+from dasuite.data.gta5 import GTA5Config
+from dasuite.data.hf import HFConfig
+from dasuite.data.sampling import training_variants
+from dasuite.data.synthia import SynthiaConfig
 from dasuite.data.toy import ToyConfig
+from dasuite.data.translated import TranslatedConfig
 from dasuite.methods.source_only import SourceOnlyConfig
 from dasuite.schema_base import Section
 
 # One entry per registered dataset; `name` selects the member (pydantic discriminated union).
-DatasetEntry = Annotated[Union[ToyConfig, CamVidConfig], Field(discriminator="name")]
+DatasetEntry = Annotated[
+    Union[ToyConfig, CamVidConfig, CityscapesConfig, GTA5Config, SynthiaConfig, FolderConfig, HFConfig,
+          TranslatedConfig],
+    Field(discriminator="name"),
+]
 # One entry per registered method.
 MethodSection = Annotated[Union[SourceOnlyConfig], Field(discriminator="name")]
 
 METRIC_NAMES = ("mIoU", "mAcc", "aAcc", "fwIoU")
 
 
+# A training role (data.source / data.target) is one dataset entry plus the training keys `subset` and `rcs`
+# (data/sampling.py), or a mix of such entries (`name: mix`; the YAML shorthands are converted by DataConfig).
+_TRAIN_VARIANTS = training_variants(DatasetEntry)
+TrainEntry = Annotated[Union[_TRAIN_VARIANTS], Field(discriminator="name")]
+
+
+class MixConfig(Section):
+    """A training role drawn from several datasets (stacked into one batch, augmented with ``augment``).
+    ``weights``: ``size`` (default; an epoch-shuffled concatenation, i.e. proportional to the entries' sizes),
+    ``equal``, or one positive weight per entry (normalised; per batch element the entry is drawn by weight)."""
+
+    name: Literal["mix"] = "mix"
+    mix: list[TrainEntry] = Field(min_length=1)
+    weights: Union[Literal["size", "equal"], list[Annotated[float, Field(gt=0)]]] = "size"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights(cls, v: Any, info: ValidationInfo) -> Any:
+        entries = info.data.get("mix") or []
+        if v in ("size", "equal"):
+            return v
+        numbers = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if not numbers or not all(x > 0 for x in v) or (entries and len(v) != len(entries)):
+            raise ValueError(f"expected 'size', 'equal' or {len(entries) or 'one'} positive numbers (one per entry "
+                             f"of mix)")
+        return v
+
+
+TrainRole = Annotated[Union[(*_TRAIN_VARIANTS, MixConfig)], Field(discriminator="name")]
+
+
 class DataConfig(Section):
     """Datasets per role. ``source``: labelled training data; ``target``: target-domain training images (used by
     adaptation methods); ``val``: evaluated every ``train.eval_interval``; ``test``: evaluated once at the end with
-    the best checkpoint."""
+    the best checkpoint. ``source`` and ``target`` may be a mix: ``{mix: [entries], weights: ...}`` or a plain
+    list of entries (= ``weights: size``), and their entries may set ``subset`` and ``rcs``."""
 
     resize: Optional[tuple[int, int]] = None
     num_workers: int = Field(2, ge=0)
-    source: DatasetEntry
-    target: Optional[DatasetEntry] = None
+    source: TrainRole
+    target: Optional[TrainRole] = None
     val: Optional[DatasetEntry] = None
     test: Optional[DatasetEntry] = None
 
+    @field_validator("source", "target", mode="before")
+    @classmethod
+    def _mix_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return {"name": "mix", "mix": v}
+        if isinstance(v, dict) and "mix" in v and "name" not in v:
+            return {"name": "mix", **v}
+        return v
+
     def entries(self) -> dict[str, Any]:
-        """The configured dataset entries by role (roles left unset are skipped)."""
-        return {role: getattr(self, role) for role in ("source", "target", "val", "test") if getattr(self, role)}
+        """Every configured dataset entry by its key under ``data``: ``source``, ``target``, ``val``, ``test``, and
+        the entries of a mix as ``source.mix.0``, ``source.mix.1``, ... (roles left unset are skipped)."""
+        out: dict[str, Any] = {}
+        for role in ("source", "target", "val", "test"):
+            entry = getattr(self, role)
+            if entry is not None and entry.name == "mix":
+                out.update({f"{role}.mix.{i}": e for i, e in enumerate(entry.mix)})
+            elif entry is not None:
+                out[role] = entry
+        return out
 
 
 class ModelConfig(Section):
@@ -97,6 +159,9 @@ class EvalConfig(Section):
     """Evaluation settings; logits are upsampled to the label's resolution before argmax."""
 
     batch_size: int = Field(2, gt=0)
+    #: extra mIoU summaries over class subsets, added to results as ``mIoU_<name>`` (SYNTHIA -> Cityscapes
+    #: reports 16- and 13-class means besides the 19-class one).
+    class_subsets: list[Literal["synthia16", "synthia13"]] = Field(default_factory=list)
 
 
 class LogConfig(Section):

@@ -9,10 +9,19 @@ from typing import Optional
 
 from dasuite.data.base import DATASETS, DatasetConfig, SegDataset
 from dasuite.data.camvid import CamVidConfig, CamVidDataset
+from dasuite.data.cityscapes import CityscapesConfig, CityscapesDataset
+from dasuite.data.folder import FolderConfig, FolderDataset
+from dasuite.data.gta5 import GTA5Config, GTA5Dataset
+from dasuite.data.hf import HFConfig, HFDataset
+from dasuite.data.pairs import PairDataset
+from dasuite.data.synthia import SynthiaConfig, SynthiaDataset
 from dasuite.data.toy import ToyConfig, ToyDataset
+from dasuite.data.translated import TranslatedConfig, TranslatedDataset
 
 __all__ = [
-    "DATASETS", "DatasetConfig", "SegDataset", "CamVidConfig", "CamVidDataset", "ToyConfig", "ToyDataset",
+    "DATASETS", "DatasetConfig", "SegDataset", "PairDataset", "CamVidConfig", "CamVidDataset", "CityscapesConfig",
+    "CityscapesDataset", "FolderConfig", "FolderDataset", "GTA5Config", "GTA5Dataset", "HFConfig", "HFDataset",
+    "SynthiaConfig", "SynthiaDataset", "ToyConfig", "ToyDataset", "TranslatedConfig", "TranslatedDataset",
     "build_dataset",
 ]
 

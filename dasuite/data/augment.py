@@ -1,23 +1,35 @@
-"""Random training augmentation, batched on the batch's device with Kornia.
+"""Random training augmentation, batched on the batch's device with Kornia: the ``weak`` and ``strong`` pipelines.
 
-One affine warp per sample does random rescale (ratio ``s ~ U(scale)``), random crop (with padding when the
-rescaled image is smaller than the crop) and horizontal flip in a single resampling: image bilinear, label
-nearest. The ignore value survives: labels are warped as ``label + 1`` with zero padding, so every padded pixel
-comes back as ``-1`` and is set to 255 (Kornia pads with 0, which is a real class). Photometric jitter follows
-torchvision's ``ColorJitter`` factors, per sample. All random numbers come from ``torch.rand`` on the batch's
-device, i.e. torch's global generator there, so the engine's seeding and RNG-state checkpoints make it
-reproducible.
+``weak`` (default): one affine warp per sample does random rescale (ratio ``s ~ U(scale)``), random crop (with
+padding when the rescaled image is smaller than the crop) and horizontal flip in a single resampling: image
+bilinear, label nearest. The ignore value survives: labels are warped as ``label + 1`` with zero padding, so every
+padded pixel comes back as ``-1`` and is set to 255 (Kornia pads with 0, which is a real class). Optional
+photometric jitter follows torchvision's ``ColorJitter`` factors, per sample.
+
+``strong`` = ``weak`` + an image-only photometric part (``StrongConfig``): an AutoAugment (ImageNet policy) or
+RandAugment policy restricted to its photometric operations (rotate / shear / translate are dropped, since they
+would move the image but not the label), colour jitter, random grayscale and Gaussian blur. The photometric part
+never touches labels, so 255 padding and image/label alignment are exactly those of ``weak``; methods can also
+call it on its own (``DeviceAugment.photometric``), e.g. after mixing images.
+
+Random numbers come from torch's global generators (on the batch's device; Kornia's policy choices on the CPU),
+so the engine's seeding and RNG-state checkpoints make augmentation reproducible.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
+from kornia.augmentation.auto import AutoAugment, RandAugment
+from kornia.augmentation.auto.autoaugment.autoaugment import imagenet_policy
+from kornia.augmentation.auto.rand_augment.rand_augment import default_policy as randaugment_policy
 from kornia.color import rgb_to_grayscale
 from kornia.enhance import adjust_hue
+from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import warp_affine
+from torch import nn
 from pydantic import Field, field_validator
 
 from dasuite.data.labels import IGNORE_INDEX
@@ -25,6 +37,8 @@ from dasuite.schema_base import Section
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Operations of Kornia's policies that move pixels; dropped because the policy only sees the image.
+GEOMETRIC_POLICY_OPS = frozenset({"rotate", "shear_x", "shear_y", "translate_x", "translate_y"})
 
 
 class ColorJitterConfig(Section):
@@ -38,18 +52,65 @@ class ColorJitterConfig(Section):
     p: float = Field(0.8, ge=0, le=1)
 
 
+def _jitter_flag(v: Any, default: "ColorJitterConfig") -> Any:
+    if v is True:
+        return default
+    return None if v is False else v
+
+
+def _strong_jitter() -> ColorJitterConfig:
+    return ColorJitterConfig(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8)
+
+
+class RandAugmentConfig(Section):
+    """RandAugment: ``n`` operations per image (distinct, of the 10 photometric ones) at magnitude ``m`` of 30."""
+
+    n: int = Field(2, ge=1, le=10)
+    m: int = Field(10, gt=0, lt=30)
+
+
+class StrongConfig(Section):
+    """The image-only photometric part of the ``strong`` pipeline, applied in this order: ``policy``
+    (``autoaugment``: Kornia's AutoAugment ImageNet policy; ``randaugment``; ``null``: none), ``color_jitter``
+    (default: UniMatch's 0.5/0.5/0.5/0.25 with p 0.8), grayscale with probability ``grayscale``, Gaussian blur
+    with probability ``blur`` and sigma ~ U(``blur_sigma``) pixels (kernel ``2 ceil(3 sigma_max) + 1``)."""
+
+    policy: Optional[Literal["autoaugment", "randaugment"]] = "autoaugment"
+    randaugment: RandAugmentConfig = Field(default_factory=RandAugmentConfig)
+    color_jitter: Optional[ColorJitterConfig] = Field(default_factory=lambda: _strong_jitter())
+    grayscale: float = Field(0.2, ge=0, le=1)
+    blur: float = Field(0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _sigma_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"blur_sigma must be [min, max] with 0 < min <= max, got {list(v)}")
+        return v
+
+    @field_validator("color_jitter", mode="before")
+    @classmethod
+    def _jitter_flag(cls, v: Any) -> Any:
+        return _jitter_flag(v, _strong_jitter())
+
+
 class AugmentConfig(Section):
     """Training augmentation of one dataset entry (ignored for evaluation entries).
 
-    ``scale``: random rescale ratio range; ``crop``: (width, height) of the random crop, None = the input size;
-    ``hflip``: flip probability; ``color_jitter``: None = off, ``{}`` or ``true`` = the default jitter.
+    ``pipeline``: ``weak`` (geometry + optional ``color_jitter``) or ``strong`` (``weak`` followed by the
+    photometric part configured in ``strong``); ``scale``: random rescale ratio range; ``crop``: (width, height)
+    of the random crop, None = the input size; ``hflip``: flip probability; ``color_jitter``: None = off, ``{}`` or
+    ``true`` = the default jitter.
     """
 
     enabled: bool = True
+    pipeline: Literal["weak", "strong"] = "weak"
     scale: tuple[float, float] = (0.5, 2.0)
     crop: Optional[tuple[int, int]] = None
     hflip: float = Field(0.5, ge=0, le=1)
     color_jitter: Optional[ColorJitterConfig] = None
+    strong: StrongConfig = Field(default_factory=StrongConfig)
 
     @field_validator("scale")
     @classmethod
@@ -68,9 +129,19 @@ class AugmentConfig(Section):
     @field_validator("color_jitter", mode="before")
     @classmethod
     def _jitter_flag(cls, v: Any) -> Any:
-        if v is True:
-            return ColorJitterConfig()
-        return None if v is False else v
+        return _jitter_flag(v, ColorJitterConfig())
+
+
+def photometric_policy(cfg: StrongConfig) -> Optional[nn.Module]:
+    """Kornia's AutoAugment (ImageNet sub-policies) or RandAugment with the ``GEOMETRIC_POLICY_OPS`` removed
+    (AutoAugment sub-policies keep their photometric operations; emptied ones are dropped), or None."""
+    if cfg.policy == "randaugment":
+        ops = [sub for sub in randaugment_policy if sub[0][0] not in GEOMETRIC_POLICY_OPS]
+        return RandAugment(n=cfg.randaugment.n, m=cfg.randaugment.m, policy=ops)
+    if cfg.policy == "autoaugment":
+        subs = [[op for op in sub if op[0] not in GEOMETRIC_POLICY_OPS] for sub in imagenet_policy]
+        return AutoAugment(policy=[sub for sub in subs if sub])
+    return None
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +156,12 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
+def denormalize_float(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``normalize`` without rounding: normalised ...x3xHxW -> float32 in [0, 1]."""
+    mean, std = _stats(images)
+    return (images.float() * std + mean).clamp(0, 1)
+
+
 def denormalize(images: torch.Tensor) -> torch.Tensor:
     """Inverse of ``normalize`` for visualisation: float ...x3xHxW -> uint8, rounded and clamped."""
     mean, std = _stats(images)
@@ -95,11 +172,17 @@ def _uniform(lo: float, hi: float, n: int, device: torch.device) -> torch.Tensor
     return lo + (hi - lo) * torch.rand(n, device=device)
 
 
+def _to_normalized(x: torch.Tensor) -> torch.Tensor:
+    mean, std = _stats(x)
+    return (x - mean) / std
+
+
 class DeviceAugment:
     """Batched random augmentation built once from an ``AugmentConfig``; see the module docstring."""
 
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
+        self._policy = photometric_policy(cfg.strong)
 
     @torch.no_grad()
     def __call__(
@@ -114,8 +197,36 @@ class DeviceAugment:
                 x, labels = self._geometric(x, labels)
             if self.cfg.color_jitter is not None:
                 x = self._jitter(x, self.cfg.color_jitter)
-        mean, std = _stats(x)
-        return (x - mean) / std, labels
+            if self.cfg.pipeline == "strong":
+                x = self._photometric(x)
+        return _to_normalized(x), labels
+
+    @torch.no_grad()
+    def photometric(self, images: torch.Tensor) -> torch.Tensor:
+        """The strong pipeline's image-only photometric part (``cfg.strong``, whatever ``cfg.pipeline`` is) on
+        images Bx3xHxW, uint8 or normalised float (as ``__call__`` returns them) -> normalised float32. Labels are
+        unaffected by construction; mean-teacher methods call it on mixed images."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else denormalize_float(images)
+        return _to_normalized(self._photometric(x))
+
+    def _photometric(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images -> [0, 1] images: policy, jitter, grayscale, blur (``StrongConfig``), per sample."""
+        s, b, dev = self.cfg.strong, x.shape[0], x.device
+        if self._policy is not None:
+            policy = self._policy.to(dev)
+            # Kornia draws the policy's operations once per call: call it per image so each draws its own.
+            x = torch.cat([policy(x[i : i + 1]) for i in range(b)]).clamp(0, 1)
+        if s.color_jitter is not None:
+            x = self._jitter(x, s.color_jitter)
+        if s.grayscale > 0:
+            grey = (torch.rand(b, device=dev) < s.grayscale).view(b, 1, 1, 1)
+            x = torch.where(grey, rgb_to_grayscale(x).expand_as(x), x)
+        if s.blur > 0:
+            blur = (torch.rand(b, device=dev) < s.blur).view(b, 1, 1, 1)
+            sigma = _uniform(*s.blur_sigma, b, dev).unsqueeze(1).expand(b, 2)
+            k = 2 * math.ceil(3 * s.blur_sigma[1]) + 1
+            x = torch.where(blur, gaussian_blur2d(x, (k, k), sigma, border_type="reflect"), x)
+        return x
 
     def _geometric_identity(self, x: torch.Tensor) -> bool:
         c = self.cfg

@@ -117,17 +117,20 @@ def _unwrap_worker_error(err: DasuiteError) -> DasuiteError:
 class InfiniteLoader:
     """Endless batches ``{"image": uint8 Bx3xHxW, "label": int64 BxHxW, "name": [str]}`` (CPU tensors).
 
+    ``sampler``: any infinite index stream with the ``InfiniteSampler`` protocol (``advance``, ``state_dict``,
+    ``load_state_dict``, iteration from its position), e.g. ``sampling.MixSampler``; default ``InfiniteSampler``.
     ``state_dict()`` counts the batches returned by ``__next__``; ``load_state_dict()`` makes the next batch the
     one an uninterrupted loader would have returned next.
     """
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1
+        self, dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0, rank: int = 0,
+        world_size: int = 1, sampler: Optional[Sampler[int]] = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.dataset, self.batch_size = dataset, batch_size
-        self.sampler = InfiniteSampler(len(dataset), seed, rank, world_size)
+        self.sampler = sampler if sampler is not None else InfiniteSampler(len(dataset), seed, rank, world_size)
         self.batches = 0
         self._loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True, **_loader_kwargs(num_workers, seed)
@@ -158,10 +161,12 @@ class InfiniteLoader:
 
 
 def build_train_loader(
-    dataset: Dataset, batch_size: int, num_workers: int, seed: int, rank: int = 0, world_size: int = 1
+    dataset: Dataset, batch_size: int, num_workers: int, seed: int, rank: int = 0, world_size: int = 1,
+    sampler: Optional[Sampler[int]] = None,
 ) -> InfiniteLoader:
-    """The training stream of one dataset for process ``rank`` of ``world_size``."""
-    return InfiniteLoader(dataset, batch_size, num_workers, seed, rank, world_size)
+    """The training stream of one dataset for process ``rank`` of ``world_size`` (``sampler``: see
+    ``InfiniteLoader``; it must already be set up for that rank)."""
+    return InfiniteLoader(dataset, batch_size, num_workers, seed, rank, world_size, sampler)
 
 
 def build_eval_loader(

@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dasuite.data.augment import normalize
-from dasuite.data.labels import IGNORE_INDEX, ClassTable
+from dasuite.data.labels import IGNORE_INDEX, SYNTHIA13, SYNTHIA16, ClassTable, subset_miou
 from dasuite.data.loaders import build_eval_loader
 from dasuite.engine.checkpoint import _atomic
 from dasuite.losses.segmentation import upsample_to
@@ -31,6 +31,16 @@ if TYPE_CHECKING:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+CLASS_SUBSETS = {"synthia16": SYNTHIA16, "synthia13": SYNTHIA13}
+
+
+def add_subset_summaries(result: dict, subsets: list[str], classes: ClassTable) -> dict:
+    """Add ``mIoU_<subset>`` (mean IoU over that subset's classes, undefined classes left out) to ``result``."""
+    for name in subsets:
+        result[f"mIoU_{name}"] = subset_miou(result["iou"], CLASS_SUBSETS[name], classes)
+    return result
 
 
 def save_prediction_png(pred: torch.Tensor, path: Path) -> None:
@@ -52,6 +62,7 @@ def evaluate(
     num_vis: int = 0,
     progress: bool = False,
     desc: str = "eval",
+    class_subsets: tuple[str, ...] = (),
 ) -> tuple[dict, Optional[torch.Tensor]]:
     """Evaluate ``model`` on ``dataset``; return (result in the ``dasuite eval`` JSON format, visual grid or None).
 
@@ -98,6 +109,7 @@ def evaluate(
         sec_per_image=seconds / n_images if n_images else None,
         num_images=int(n_images),
     )
+    add_subset_summaries(result, list(class_subsets), classes)
     grid = torch.cat(vis, dim=1) if vis and accelerator.is_main_process else None
     return result, grid
 

@@ -56,5 +56,5 @@ def evaluate_checkpoint(
     model = model.to(accelerator.device)
     out, _ = evaluate(model, dataset, accelerator, dataset.classes, batch_size=cfg.eval.batch_size,
                       num_workers=cfg.data.num_workers, save_predictions=save_predictions, progress=progress,
-                      desc=f"eval {split}")
+                      desc=f"eval {split}", class_subsets=tuple(cfg.eval.class_subsets))
     return out

@@ -9,7 +9,7 @@ Losses are accumulated on the device and read back only at log/eval/checkpoint t
 
 from __future__ import annotations
 
-import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +22,7 @@ from dasuite.config.load import flatten_config
 from dasuite.config.schema import ExperimentConfig
 from dasuite.data import build_dataset
 from dasuite.data.augment import DeviceAugment
-from dasuite.data.loaders import build_train_loader
+from dasuite.data.training import build_training_data, write_run_files
 from dasuite.engine.checkpoint import load_torch, load_weights, rng_state, save_torch, save_weights, set_rng_state, write_json
 from dasuite.engine.evaluate import evaluate
 from dasuite.engine.optim import build_optimizer, build_scheduler
@@ -35,9 +35,12 @@ EVAL_ROLES = ("val", "test")
 
 
 def build_datasets(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Every configured dataset role (evaluation roles keep full-resolution labels); one class table for all."""
-    datasets = {role: build_dataset(entry, cfg.data.resize, resize_labels=role not in EVAL_ROLES)
-                for role, entry in cfg.data.entries().items()}
+    """Every configured role: training roles as ``TrainingData`` (mixes, subsets, rare-class sampling; see
+    dasuite/data/training.py), evaluation roles with full-resolution labels; one class table for all."""
+    d = cfg.data
+    datasets = {role: build_dataset(entry, d.resize, resize_labels=False) if role in EVAL_ROLES
+                else build_training_data(role, entry, d.resize, d.num_workers)
+                for role in ("source", "target", *EVAL_ROLES) if (entry := getattr(d, role)) is not None}
     counts = {role: ds.num_classes for role, ds in datasets.items()}
     if len(set(counts.values())) > 1:
         raise DasuiteError(f"data roles disagree on the number of classes: {counts}")
@@ -51,6 +54,13 @@ def load_model_weights(model: torch.nn.Module, path: str) -> None:
     if result.missing_keys or result.unexpected_keys:
         raise DasuiteError(f"{path}: weights do not match model (missing {result.missing_keys[:5]}, "
                            f"unexpected {result.unexpected_keys[:5]})")
+
+
+def limit_cpu_threads(device: torch.device, num_workers: int) -> None:
+    """On the CPU, give torch the cores the loader workers leave free (at least one), unless OMP_NUM_THREADS is set:
+    oversubscribed intra-op threads make small-model CPU steps many times slower."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - num_workers))
 
 
 class Trainer:
@@ -71,7 +81,9 @@ class Trainer:
                 find_unused_parameters=METHODS.get(cfg.method.name).find_unused_parameters)],
         )
         set_seed(cfg.seed, device_specific=True)
-        self.datasets = build_datasets(cfg)
+        limit_cpu_threads(self.accelerator.device, cfg.data.num_workers)
+        with self.accelerator.main_process_first():  # class statistics are computed (and cached) once
+            self.datasets = build_datasets(cfg)
         self.classes = self.datasets["source"].classes
         self.method = METHODS.get(cfg.method.name)(cfg, self.classes.num_classes)
         self.extras = self.method.extra_modules()
@@ -89,10 +101,13 @@ class Trainer:
             setattr(self.method, name, module)
         self.method.setup(self.accelerator)
         acc = self.accelerator
-        self.loaders = {role: build_train_loader(self.datasets[role], cfg.train.batch_size, cfg.data.num_workers,
-                                                 seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes)
+        self.loaders = {role: self.datasets[role].loader(cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
+                                                         acc.process_index, acc.num_processes)
                         for role in self.method.domains}
-        self.augments = {role: DeviceAugment(getattr(cfg.data, role).augment) for role in self.method.domains}
+        self.augments = {role: DeviceAugment(self.datasets[role].augment) for role in self.method.domains}
+        if acc.is_main_process:  # subset lists and rare-class tables of the roles this method trains on
+            write_run_files(self.run.root, {k: v for role in self.method.domains
+                                            for k, v in self.datasets[role].run_files().items()}, resume)
         self.iteration = 0
         self.best: Optional[dict] = None
         self.final: Optional[dict] = None
@@ -137,7 +152,8 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.method.eval_model())
         return evaluate(model, self.datasets[role], self.accelerator, self.classes,
                         batch_size=self.cfg.eval.batch_size, num_workers=self.cfg.data.num_workers,
-                        num_vis=vis, progress=self.cfg.log.progress_bar, desc=role)
+                        num_vis=vis, progress=self.cfg.log.progress_bar, desc=role,
+                        class_subsets=tuple(self.cfg.eval.class_subsets))
 
     def _validate(self) -> None:
         acc, it = self.accelerator, self.iteration
