@@ -21,6 +21,8 @@ from dasuite.data.sampling import training_variants
 from dasuite.data.synthia import SynthiaConfig
 from dasuite.data.toy import ToyConfig
 from dasuite.data.translated import TranslatedConfig
+from dasuite.methods.distill import DistillConfig
+from dasuite.methods.mean_teacher import MeanTeacherConfig
 from dasuite.methods.source_only import SourceOnlyConfig
 from dasuite.schema_base import Section
 
@@ -31,7 +33,7 @@ DatasetEntry = Annotated[
     Field(discriminator="name"),
 ]
 # One entry per registered method.
-MethodSection = Annotated[Union[SourceOnlyConfig], Field(discriminator="name")]
+MethodSection = Annotated[Union[SourceOnlyConfig, DistillConfig, MeanTeacherConfig], Field(discriminator="name")]
 
 METRIC_NAMES = ("mIoU", "mAcc", "aAcc", "fwIoU")
 

@@ -46,6 +46,9 @@ class DatasetConfig(Section):
         return v
 
 
+_DATA_HELP = "docs/datasets.md (experiments/toy/*.yaml run with no data at all)"
+
+
 def resolve_root(root: Optional[str], dataset: str) -> Path:
     """Expand ``$VARS`` and ``~`` in a dataset root; a root that is unset or still names an unset variable is an
     error naming the dataset and the variable to set."""
@@ -55,11 +58,13 @@ def resolve_root(root: Optional[str], dataset: str) -> Path:
     if "$" in expanded:
         raise DasuiteError(
             f"dataset {dataset!r}: root {root!r} uses an unset environment variable; "
-            f"export it (e.g. DASUITE_DATA=/path/to/data) or set the root explicitly"
+            f"export it (e.g. DASUITE_DATA=/path/to/data) or set the root explicitly; layouts and downloads: "
+            f"{_DATA_HELP}"
         )
     path = Path(expanded)
     if not path.is_dir():
-        raise DasuiteError(f"dataset {dataset!r}: root directory {str(path)!r} does not exist (from {root!r})")
+        raise DasuiteError(f"dataset {dataset!r}: root directory {str(path)!r} does not exist (from {root!r}); "
+                           f"layouts and downloads: {_DATA_HELP}")
     return path
 
 

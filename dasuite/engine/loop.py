@@ -249,7 +249,7 @@ class Trainer:
 
     def _finish(self) -> dict:
         """Evaluate the best weights on the test split (when configured) and write ``summary.json``."""
-        summary: dict[str, Any] = {"experiment": self.cfg.name, "tag": self.cfg.run_tag(), "eval_model": "student",
+        summary: dict[str, Any] = {"experiment": self.cfg.name, "tag": self.cfg.run_tag(), "eval_model": "teacher" if getattr(self.cfg.method, "eval_teacher", False) else "student",
                                    "final": self.final, "best": self.best}
         if "test" in self.datasets:
             model = self.accelerator.unwrap_model(self.method.eval_model())

@@ -1,0 +1,267 @@
+"""``distill``: teacher -> student knowledge distillation on labelled ``source`` batches (users' notes S2-S4).
+
+Total loss = ``task_weight * CE`` + the sum of the configured terms, each ``weight * term`` and each logged as
+``loss_<term>`` (``loss_seg`` for CE; ``freq`` also logs its raw ``loss_freq_low``/``loss_freq_high``). Terms
+(``dasuite.losses.kd`` / ``.frequency``): ``kl`` on logits, ``at``/``sp`` on feature pairs, ``cwd`` on a pair
+(default the logits), ``freq`` on one pair (default the decoder feature). A pair names a model feature
+(``stage1..4``, ``decoder``) or ``logits`` for each side; teacher tensors are resized (bilinear) to the student's
+size where positions are compared; a 1x1 projector (student -> teacher channels) is created for ``cwd``/``freq``
+pairs whose channel counts differ and trained with the student (``extra_modules``).
+
+The teacher is built in ``__init__`` from ``teacher.run`` (a dasuite run directory: its best checkpoint, else
+``last.pt``; arch/tiny/options from its ``config.yaml`` unless given here), ``teacher.checkpoint`` or
+``teacher.pretrained`` (both with ``teacher.arch``); ``{work_dir}``, ``{seed}`` and ``{fold}`` in a path become the
+run's. It is frozen (``requires_grad_(False)``, ``eval()``), moved to the device in ``setup`` (never prepared, never in
+the optimizer) and run under ``torch.no_grad()``. See docs/kd.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from dasuite.data.labels import IGNORE_INDEX
+from dasuite.errors import ConfigError, DasuiteError
+from dasuite.losses import seg_loss
+from dasuite.losses.frequency import HighMode, freq_loss
+from dasuite.losses.kd import at_loss, cwd_loss, kl_loss, sp_loss
+from dasuite.losses.segmentation import upsample_to
+from dasuite.methods.base import METHODS, Batch, Method
+from dasuite.models import create_model
+from dasuite.schema_base import Section
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from dasuite.config.schema import ExperimentConfig
+
+
+class FeaturePair(Section):
+    """A student feature and the teacher feature it is distilled from: ``stage1..4``, ``decoder`` or ``logits``."""
+
+    student: str = "decoder"
+    teacher: str = "decoder"
+
+
+class TeacherConfig(Section):
+    """Exactly one of ``run`` / ``checkpoint`` / ``pretrained``; ``arch``/``tiny``/``options`` override the run's
+    config and are required (``arch``) with a checkpoint or pretrained weights."""
+
+    run: Optional[str] = None
+    checkpoint: Optional[str] = None
+    pretrained: Optional[str] = None
+    arch: Optional[str] = None
+    tiny: Optional[bool] = None
+    options: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherConfig":
+        given = [k for k in ("run", "checkpoint", "pretrained") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of teacher.run, teacher.checkpoint, teacher.pretrained "
+                             f"(got {given or 'none'})")
+        if given[0] != "run" and not self.arch:
+            raise ValueError(f"teacher.{given[0]} needs teacher.arch (the teacher's model name)")
+        return self
+
+
+class KLConfig(Section):
+    """Pixel-wise KL on logits at the student's logit resolution; ``ignore_mask`` skips pixels labelled 255."""
+
+    weight: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    ignore_mask: bool = False
+
+
+class ATConfig(Section):
+    """Attention transfer, summed over ``pairs``."""
+
+    weight: float = Field(1000.0, ge=0)
+    p: float = Field(2.0, gt=0)
+    pairs: list[FeaturePair] = Field(default_factory=lambda: [FeaturePair(student=f"stage{i}", teacher=f"stage{i}")
+                                                               for i in range(1, 5)], min_length=1)
+
+
+class SPConfig(Section):
+    """Similarity-preserving KD, summed over ``pairs``."""
+
+    weight: float = Field(1.0, ge=0)
+    pairs: list[FeaturePair] = Field(default_factory=lambda: [FeaturePair(student="stage4", teacher="stage4")],
+                                     min_length=1)
+
+
+class CWDConfig(Section):
+    """Channel-wise distillation, summed over ``pairs`` (default: the logits)."""
+
+    weight: float = Field(3.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    pairs: list[FeaturePair] = Field(default_factory=lambda: [FeaturePair(student="logits", teacher="logits")],
+                                     min_length=1)
+
+
+class FreqConfig(Section):
+    """Frequency KD: ``weight * (L_low + high_weight * L_high)``; ``ratio`` is kept per side (docs/kd.md)."""
+
+    weight: float = Field(0.1, ge=0)
+    ratio: float = Field(0.2, gt=0, le=1)
+    high: HighMode = "l1"
+    high_weight: float = Field(1.0, ge=0)
+    pair: FeaturePair = Field(default_factory=FeaturePair)
+
+
+class DistillConfig(Section):
+    """``method: {name: distill, teacher: {...}, kl: {...}, freq: {...}}``; an absent term is off."""
+
+    name: Literal["distill"] = "distill"
+    teacher: TeacherConfig
+    task_weight: float = Field(1.0, ge=0)
+    kl: Optional[KLConfig] = None
+    at: Optional[ATConfig] = None
+    sp: Optional[SPConfig] = None
+    cwd: Optional[CWDConfig] = None
+    freq: Optional[FreqConfig] = None
+
+
+TERMS = ("kl", "at", "sp", "cwd", "freq")
+
+
+def _fill(path: str, cfg: "ExperimentConfig") -> str:
+    """Replace ``{work_dir}``, ``{seed}`` and ``{fold}`` in a teacher path with the run's work dir, seed and fold."""
+    folds = {getattr(e, "fold", None) for e in cfg.data.entries().values()} - {None}
+    if "{fold}" in path and len(folds) != 1:
+        raise ConfigError(f"method.teacher path {path!r} uses {{fold}} but the experiment has no (single) fold")
+    path = path.replace("{work_dir}", cfg.work_dir).replace("{seed}", str(cfg.seed))
+    return path.replace("{fold}", str(folds.pop() if folds else ""))
+
+
+def build_teacher(teacher: TeacherConfig, cfg: "ExperimentConfig", num_classes: int) -> tuple[nn.Module, str]:
+    """The frozen teacher network and a description of where its weights came from."""
+    from dasuite.config.load import read_yaml
+    from dasuite.config.schema import ModelConfig
+    from dasuite.engine.loop import load_model_weights
+    from dasuite.engine.rundir import RunDir
+
+    arch, tiny, options, weights = teacher.arch, teacher.tiny, teacher.options, None
+    if teacher.run:
+        run = RunDir(Path(_fill(teacher.run, cfg)).expanduser())
+        if not run.config.is_file():
+            raise DasuiteError(f"method.teacher.run: {str(run.root)!r} is not a dasuite run directory (no config.yaml)")
+        model = ModelConfig.model_validate(read_yaml(run.config).get("model", {}))
+        arch, tiny = arch or model.arch, model.tiny if tiny is None else tiny
+        options = model.options if options is None else options
+        weights = run.best if run.best.is_file() else run.last
+        if not weights.is_file():
+            raise DasuiteError(f"method.teacher.run: {str(run.root)!r} has no checkpoint ({run.best} or {run.last})")
+    elif teacher.checkpoint:
+        weights = Path(_fill(teacher.checkpoint, cfg)).expanduser()
+    net = create_model(arch, num_classes, tiny=bool(tiny), pretrained=teacher.pretrained, **(options or {}))
+    if weights is not None:
+        try:
+            load_model_weights(net, str(weights))
+        except RuntimeError as err:  # shape mismatch: another arch/width/num_classes
+            raise DasuiteError(f"teacher weights {weights} do not fit {arch} (tiny={bool(tiny)}): {err}") from None
+    net.requires_grad_(False).eval()
+    return net, str(weights or teacher.pretrained)
+
+
+@METHODS.register("distill")
+class Distill(Method):
+    """Student = ``self.model`` (trained), teacher = ``self.teacher`` (frozen); losses as in the module docstring."""
+
+    domains = ("source",)
+
+    def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
+        super().__init__(cfg, num_classes)
+        self.options: DistillConfig = cfg.method
+        self.teacher, self.teacher_source = build_teacher(self.options.teacher, cfg, num_classes)
+        self.teacher_checksum = float(sum(p.double().abs().sum() for p in self.teacher.state_dict().values()
+                                          if p.is_floating_point()))
+        self.active = [t for t in TERMS if getattr(self.options, t) is not None and getattr(self.options, t).weight > 0]
+        self.projectors = nn.ModuleDict()
+        for term in self.active:
+            for index, pair in enumerate(self._pairs(term)):
+                c_s = self._channels(self.model, pair.student, "student")
+                c_t = self._channels(self.teacher, pair.teacher, "teacher")
+                if term in ("cwd", "freq") and c_s != c_t:
+                    self.projectors[f"{term}{index}"] = nn.Conv2d(c_s, c_t, kernel_size=1)
+
+    def _pairs(self, term: str) -> list[FeaturePair]:
+        options = getattr(self.options, term)
+        if term == "kl":
+            return [FeaturePair(student="logits", teacher="logits")]
+        return [options.pair] if term == "freq" else list(options.pairs)
+
+    def _channels(self, model: nn.Module, name: str, side: str) -> int:
+        channels = {**model.feature_channels, "logits": self.num_classes}
+        if name not in channels:
+            raise ConfigError(f"method: {side} feature {name!r} does not exist; valid: {', '.join(channels)}")
+        return channels[name]
+
+    def extra_modules(self) -> tuple[str, ...]:
+        return ("projectors",) if len(self.projectors) else ()
+
+    def setup(self, accelerator: "Accelerator") -> None:
+        super().setup(accelerator)
+        self.teacher.to(accelerator.device)
+
+    def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
+        batch = batches["source"]
+        logits, features = self.model(batch["image"], return_features=True)
+        losses = {"loss_seg": seg_loss(logits, batch["label"])}
+        total = self.options.task_weight * losses["loss_seg"]
+        if self.active:
+            with torch.no_grad(), self.accelerator.autocast():
+                t_logits, t_features = self.teacher(batch["image"], return_features=True)
+            student, teacher = {**features, "logits": logits}, {**t_features, "logits": t_logits}
+            for term in self.active:
+                weighted = getattr(self.options, term).weight * self._term(term, student, teacher, batch, losses)
+                losses[f"loss_{term}"] = weighted
+                total = total + weighted
+        return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
+
+    def _term(self, term: str, student: dict, teacher: dict, batch: Batch, log: dict) -> torch.Tensor:
+        """The unweighted value of one term, summed over its pairs (``freq`` adds its raw parts to ``log``)."""
+        options = getattr(self.options, term)
+        total = torch.zeros((), device=student["logits"].device)
+        for index, pair in enumerate(self._pairs(term)):
+            s, t = student[pair.student], teacher[pair.teacher]
+            if f"{term}{index}" in self.projectors:
+                s = self.projectors[f"{term}{index}"](s)
+            if term in ("kl", "cwd", "freq"):
+                t = upsample_to(t.float(), s.shape[-2:])
+            if term == "kl":
+                valid = self._valid(batch, s) if options.ignore_mask else None
+                total = total + kl_loss(s, t, options.temperature, valid)
+            elif term == "at":
+                total = total + at_loss(s, t, options.p)
+            elif term == "sp":
+                total = total + sp_loss(s, t)
+            elif term == "cwd":
+                total = total + cwd_loss(s, t, options.temperature)
+            else:
+                low, high = freq_loss(s, t, options.ratio, options.high)
+                log["loss_freq_low"], log["loss_freq_high"] = low, high
+                total = total + low + options.high_weight * high
+        return total
+
+    @staticmethod
+    def _valid(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        """BxHxW mask of labelled pixels at the logits' size (labels resampled nearest)."""
+        labelled = (batch["label"] != IGNORE_INDEX).float().unsqueeze(1)
+        return F.interpolate(labelled, size=logits.shape[-2:], mode="nearest").squeeze(1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The teacher is rebuilt from the config on resume; its source and checksum guard against a changed file."""
+        return {"teacher_source": self.teacher_source, "teacher_checksum": self.teacher_checksum}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("teacher_checksum")
+        if saved is not None and abs(saved - self.teacher_checksum) > 1e-6 * max(1.0, abs(saved)):
+            raise DasuiteError(f"--resume: the teacher's weights changed since the checkpoint was written (then "
+                               f"{state.get('teacher_source')}, now {self.teacher_source}); resume with the same "
+                               f"teacher")

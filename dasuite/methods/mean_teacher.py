@@ -1,0 +1,178 @@
+"""``mean_teacher``: self-training with an EMA teacher, cross-domain mixing (DACS) or weak-to-strong (FixMatch).
+
+Each step, with labelled ``source`` and unlabelled ``target`` batches (both already weak-augmented by the engine):
+
+1. the EMA teacher (``dasuite.models.ema``; eval mode, no grad, never prepared) predicts the weak target images:
+   confidence ``c = max softmax``, pseudo-label ``y = argmax`` at the crop's resolution;
+2. ``variant: mix`` (DACS, Tranheden et al. WACV'21): a ``cutmix`` box or ``classmix`` mask (``dasuite.data.mix``)
+   pastes source pixels onto the target image; the mixed label is the source label where pasted and ``y``
+   elsewhere. ``variant: fixmatch`` (Sohn et al. 2020): the target image itself, no cross-image mix;
+3. the strong photometric augmentation (``strong``, ``DeviceAugment.photometric``) is applied to that image;
+4. losses: ``loss_seg = CE(student(source), source label)`` and the unlabelled loss
+   ``loss_unlabelled = sum_p w_p CE_p / P`` over all ``P`` pixels of the mixed batch, where ``w_p = 1`` on pasted
+   source pixels and on target pixels ``w_p = [c_p >= threshold]`` (``confidence: ignore``), ``q`` (``weight``:
+   DACS's scalar, the fraction of the batch's target pixels with ``c >= threshold``), or ``q [c_p >= threshold]``
+   (``both``); pixels labelled 255 count 0. Dividing by all pixels (not the kept ones) follows DACS and UniMatch.
+   ``loss = loss_seg + unlabelled_weight * loss_unlabelled``.
+
+After every optimizer step the teacher moves towards the student (``on_step_end``). Logged besides the losses:
+``pseudo_confidence`` (mean ``c``), ``pseudo_kept`` (fraction ``c >= threshold``), ``ema_momentum``.
+Evaluation uses the student unless ``eval_teacher: true`` (DAFormer evaluates the student). The teacher's weights
+and update count are in ``state_dict``; mixing draws from torch's global RNG, which the engine checkpoints.
+See docs/self_training.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+
+from dasuite.data.augment import AugmentConfig, ColorJitterConfig, DeviceAugment, StrongConfig
+from dasuite.data.labels import IGNORE_INDEX
+from dasuite.data.mix import classmix_masks, cutmix_masks, mix
+from dasuite.errors import DasuiteError
+from dasuite.losses import seg_loss
+from dasuite.losses.segmentation import upsample_to
+from dasuite.methods.base import METHODS, Batch, Method
+from dasuite.models.ema import EMATeacher
+from dasuite.schema_base import Section
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from dasuite.config.schema import ExperimentConfig
+
+
+def _dacs_strong() -> StrongConfig:
+    """DACS / DAFormer's strong augmentation: colour jitter 0.2 (p 0.8) and Gaussian blur (p 0.5, sigma 0.15-1.15)."""
+    jitter = ColorJitterConfig(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2, p=0.8)
+    return StrongConfig(policy=None, color_jitter=jitter, grayscale=0.0, blur=0.5, blur_sigma=(0.15, 1.15))
+
+
+class CutMixConfig(Section):
+    """Box of area fraction ``a ~ U(area)``, aspect ``w/h`` log-uniform in ``aspect``, drawn with probability ``p``
+    per image (UniMatch: 0.02-0.4, 0.3-3.3, 0.5)."""
+
+    area: tuple[float, float] = (0.02, 0.4)
+    aspect: tuple[float, float] = (0.3, 1 / 0.3)
+    p: float = Field(1.0, ge=0, le=1)
+
+    @field_validator("area", "aspect")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"expected [min, max] with 0 < min <= max, got {list(v)}")
+        return v
+
+
+class MeanTeacherConfig(Section):
+    """``method: {name: mean_teacher, ...}``; defaults are DACS's (ClassMix, momentum 0.99, threshold 0.968 with the
+    scalar weight). FixMatch-style SSL: ``variant: fixmatch, confidence: ignore, threshold: 0.95``."""
+
+    name: Literal["mean_teacher"] = "mean_teacher"
+    variant: Literal["mix", "fixmatch"] = "mix"
+    mixing: Literal["classmix", "cutmix"] = "classmix"
+    cutmix: CutMixConfig = Field(default_factory=CutMixConfig)
+    momentum: float = Field(0.99, ge=0, lt=1)
+    momentum_ramp: bool = True
+    threshold: float = Field(0.968, ge=0, le=1)
+    confidence: Literal["ignore", "weight", "both"] = "weight"
+    unlabelled_weight: float = Field(1.0, ge=0)
+    strong: StrongConfig = Field(default_factory=_dacs_strong)
+    eval_teacher: bool = False
+
+
+def confidence_weights(confidence: torch.Tensor, threshold: float, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel weights BxHxW of target pixels from teacher confidences (module docstring, step 4), and the kept
+    fraction ``q`` (0-dim tensor, no host sync)."""
+    kept = confidence >= threshold
+    q = kept.float().mean()
+    if mode == "ignore":
+        return kept.float(), q
+    if mode == "weight":
+        return q.expand_as(confidence), q
+    return kept.float() * q, q
+
+
+def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_p w_p CE_p / P`` over all pixels P of BxHxW ``labels`` (255 counts 0); logits upsampled to labels."""
+    logits = upsample_to(logits, labels.shape[-2:]).float()
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return (ce * weights).mean()
+
+
+@METHODS.register("mean_teacher")
+class MeanTeacher(Method):
+    """Student ``self.model`` (trained), EMA teacher ``self.ema.module``; losses as in the module docstring."""
+
+    domains = ("source", "target")
+
+    def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
+        super().__init__(cfg, num_classes)
+        self.options: MeanTeacherConfig = cfg.method
+        self.ema: Optional[EMATeacher] = None
+        self.strong = DeviceAugment(AugmentConfig(strong=self.options.strong))
+        self.unlabelled_enabled = True  # tests switch the unlabelled term off to show that it reaches the gradient
+
+    def setup(self, accelerator: "Accelerator") -> None:
+        super().setup(accelerator)
+        student = accelerator.unwrap_model(self.model)
+        self.ema = EMATeacher(student, self.options.momentum, self.options.momentum_ramp)
+
+    @torch.no_grad()
+    def pseudo_labels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher confidence and argmax (both BxHxW at the images' resolution) for normalised Bx3xHxW images."""
+        with self.accelerator.autocast():
+            logits = self.ema.module(images)
+        probs = upsample_to(logits.float(), images.shape[-2:]).softmax(1)
+        confidence, labels = probs.max(1)
+        return confidence, labels
+
+    def unlabelled_batch(self, source: Batch, target: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                      dict[str, torch.Tensor]]:
+        """(strong mixed images, mixed labels, per-pixel weights, logged scalars) per the module docstring."""
+        confidence, pseudo = self.pseudo_labels(target["image"])
+        weights, kept = confidence_weights(confidence, self.options.threshold, self.options.confidence)
+        images, labels = target["image"], pseudo
+        if self.options.variant == "mix":
+            if source["image"].shape != target["image"].shape:
+                raise DasuiteError(f"mean_teacher mixes source and target crops, which must have one size; got "
+                                   f"{tuple(source['image'].shape)} and {tuple(target['image'].shape)}: set the same "
+                                   f"data.source.augment.crop and data.target.augment.crop (and train.batch_size)")
+            b, _, h, w = images.shape
+            if self.options.mixing == "classmix":
+                mask = classmix_masks(source["label"], self.num_classes)
+            else:
+                c = self.options.cutmix
+                mask = cutmix_masks(b, h, w, images.device, c.area, c.aspect, c.p)
+            images = mix(mask, source["image"], images)
+            labels = mix(mask, source["label"], labels)
+            weights = mix(mask, torch.ones_like(weights), weights)
+        log = {"pseudo_confidence": confidence.mean(), "pseudo_kept": kept}
+        return self.strong.photometric(images), labels, weights, log
+
+    def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
+        source, target = batches["source"], batches["target"]
+        loss_seg = seg_loss(self.model(source["image"]), source["label"])
+        images, labels, weights, log = self.unlabelled_batch(source, target)
+        loss_u = weighted_ce(self.model(images), labels, weights)
+        total = loss_seg + self.options.unlabelled_weight * loss_u if self.unlabelled_enabled else loss_seg
+        momentum = torch.tensor(self.ema.current_momentum(), device=loss_seg.device)
+        return {"loss": total, "loss_seg": loss_seg.detach(), "loss_unlabelled": loss_u.detach(),
+                **{k: v.detach() for k, v in log.items()}, "ema_momentum": momentum}
+
+    def on_step_end(self, step: int) -> None:
+        self.ema.update(self.accelerator.unwrap_model(self.model))
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.options.eval_teacher else self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.ema.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.load_state_dict(state["teacher"])
