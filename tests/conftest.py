@@ -35,3 +35,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+def train_interrupted(cfg, method_cls, crash_step: int, monkeypatch) -> None:
+    """Run ``cfg`` until ``method_cls.training_step`` is called for ``crash_step``, where a simulated crash
+    (KeyboardInterrupt) stops it; the method is restored afterwards so a ``--resume`` run proceeds normally."""
+    from dasuite.engine.loop import train
+
+    original = method_cls.training_step
+
+    def crash(self, batches, step):
+        if step == crash_step:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, batches, step)
+
+    monkeypatch.setattr(method_cls, "training_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(method_cls, "training_step", original)

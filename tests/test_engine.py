@@ -11,7 +11,7 @@ from dasuite.engine.loop import Trainer, train
 from dasuite.engine.rundir import RunDir
 from dasuite.errors import DasuiteError
 from dasuite.methods import source_only
-from tests.conftest import tiny_toy_config
+from tests.conftest import tiny_toy_config, train_interrupted
 
 
 def _metrics(summary):
@@ -45,18 +45,8 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     full = train(tiny_toy_config(tmp_path / "full"))
     cfg = tiny_toy_config(tmp_path / "cut")
-    original = source_only.SourceOnly.training_step
-
-    def crash_at_4(self, batches, step):
-        if step == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, batches, step)
-
-    monkeypatch.setattr(source_only.SourceOnly, "training_step", crash_at_4)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
+    train_interrupted(cfg, source_only.SourceOnly, 4, monkeypatch)
     assert load_torch(RunDir.for_config(cfg).last)["iteration"] == 3
-    monkeypatch.setattr(source_only.SourceOnly, "training_step", original)
     with pytest.raises(DasuiteError, match="--resume"):
         Trainer(cfg)
     resumed = train(cfg, resume=True)

@@ -14,7 +14,7 @@ from dasuite.engine.rundir import RunDir
 from dasuite.methods import mean_teacher
 from dasuite.methods.mean_teacher import confidence_weights, weighted_ce
 from dasuite.models.ema import EMATeacher
-from tests.conftest import tiny_toy_config
+from tests.conftest import tiny_toy_config, train_interrupted
 
 TARGET = ["data.target.size=[64,48]", "data.target.num_images=16", "data.target.augment.crop=[48,48]"]
 NO_STRONG = ["method.strong.policy=null", "method.strong.color_jitter=null", "method.strong.grayscale=0",
@@ -151,18 +151,8 @@ def test_resume_restores_the_teacher_exactly(tmp_path, monkeypatch):
     full_cfg = mt_config(tmp_path / "full", experiment="classmix_pseudo.yaml")
     full = train(full_cfg)
     cfg = mt_config(tmp_path / "cut", experiment="classmix_pseudo.yaml")
-    original = mean_teacher.MeanTeacher.training_step
-
-    def crash_at_4(self, batches, step):
-        if step == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, batches, step)
-
-    monkeypatch.setattr(mean_teacher.MeanTeacher, "training_step", crash_at_4)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
+    train_interrupted(cfg, mean_teacher.MeanTeacher, 4, monkeypatch)
     assert load_torch(RunDir.for_config(cfg).last)["method"]["teacher"]["updates"] == 3
-    monkeypatch.setattr(mean_teacher.MeanTeacher, "training_step", original)
     resumed = train(cfg, resume=True)
     assert resumed["final"]["mIoU"] == full["final"]["mIoU"] and resumed["test"]["iou"] == full["test"]["iou"]
     a = load_torch(RunDir.for_config(full_cfg).last)["method"]["teacher"]
