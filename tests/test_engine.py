@@ -128,3 +128,22 @@ def test_class_subset_summaries_for_synthia_protocol():
     result = add_subset_summaries({"iou": iou}, ["synthia16", "synthia13"], CITYSCAPES)
     assert result["mIoU_synthia16"] == pytest.approx((11 * 0.5 + 2 * 0.2 + 2 * 0.5) / 15)  # pole undefined: skipped
     assert result["mIoU_synthia13"] == pytest.approx(0.5)
+
+
+def test_resized_run_evaluates_at_full_label_resolution(tmp_path):
+    """With data.resize, training sees resized labels, while val/test keep the stored 64x48 labels and logits are
+    upsampled to them (the loader must accept label != image size for evaluation)."""
+    cfg = tiny_toy_config(tmp_path, "data.resize=[40,30]", "data.source.augment.crop=[32,32]", max_iters=3)
+    trainer = Trainer(cfg)
+    assert tuple(trainer.datasets["val"][0]["image"].shape) == (3, 30, 40)
+    assert tuple(trainer.datasets["val"][0]["label"].shape) == (48, 64)
+    summary = trainer.fit()
+    assert summary["test"]["num_images"] == 4 and summary["final"]["mIoU"] is not None
+
+
+def test_init_from_with_other_width_is_a_clear_error(tmp_path):
+    first = tiny_toy_config(tmp_path / "a", max_iters=3)
+    train(first)
+    other = tiny_toy_config(tmp_path / "b", "model.tiny=false", f"train.init_from={RunDir.for_config(first).best}")
+    with pytest.raises(DasuiteError, match="weight shapes do not match"):
+        Trainer(other)

@@ -12,6 +12,8 @@ re-shard it); sum the per-process confusion matrices instead.
 
 from __future__ import annotations
 
+import functools
+
 import random
 from typing import Any, Iterator, Optional
 
@@ -22,8 +24,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from dasuite.errors import DasuiteError
 
 
-def collate_items(items: list[dict]) -> dict:
-    """Stack ``image`` (Bx3xHxW) and ``label`` (BxHxW) and list ``name``; sizes must agree within a batch."""
+def collate_items(items: list[dict], labels_match_images: bool = True) -> dict:
+    """Stack ``image`` (Bx3xHxW) and ``label`` (BxHxW) and list ``name``; sizes must agree within a batch.
+
+    Training batches need each label at its image's size (``labels_match_images``); evaluation batches keep labels
+    at their stored resolution while images may be resized, so there only labels must agree with each other."""
     first = items[0]
     for item in items:
         if item["image"].shape != first["image"].shape:
@@ -32,10 +37,15 @@ def collate_items(items: list[dict]) -> dict:
                 f"images in one batch differ in size: {first['name']!r} is {w1}x{h1} and {item['name']!r} is "
                 f"{w2}x{h2} (WxH); set data.resize (or the dataset entry's resize) to decode all images at one size"
             )
-        if "label" in item and item["label"].shape != item["image"].shape[-2:]:
+        if "label" not in item:
+            continue
+        expected = item["image"].shape[-2:] if labels_match_images else first["label"].shape
+        if item["label"].shape != expected:
+            what = "image size" if labels_match_images else f"the label size of {first['name']!r}"
             raise DasuiteError(
-                f"{item['name']!r}: label size {tuple(item['label'].shape)} differs from image size "
-                f"{tuple(item['image'].shape[-2:])} (HxW); run `dasuite data check` on this dataset"
+                f"{item['name']!r}: label size {tuple(item['label'].shape)} differs from {what} "
+                f"{tuple(expected)} (HxW); run `dasuite data check` on this dataset, or use eval.batch_size=1 "
+                f"for datasets whose labels differ in size"
             )
     labelled = sum("label" in item for item in items)
     if 0 < labelled < len(items):
@@ -174,4 +184,5 @@ def build_eval_loader(
 ) -> DataLoader:
     """In-order loader over ``range(rank, len(dataset), world_size)``: no padding, no duplicates."""
     shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, drop_last=False, **_loader_kwargs(num_workers, 0))
+    kwargs = {**_loader_kwargs(num_workers, 0), "collate_fn": functools.partial(collate_items, labels_match_images=False)}
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, drop_last=False, **kwargs)

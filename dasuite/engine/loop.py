@@ -50,6 +50,10 @@ def build_datasets(cfg: ExperimentConfig) -> dict[str, Any]:
 def load_model_weights(model: torch.nn.Module, path: str) -> None:
     """Load weights (``init_from``) strictly, with an error naming the mismatched keys."""
     state = load_weights(Path(path))
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise DasuiteError(f"{path}: weight shapes do not match model (checkpoint vs model): {wrong[:3]}")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise DasuiteError(f"{path}: weights do not match model (missing {result.missing_keys[:5]}, "

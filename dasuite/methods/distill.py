@@ -163,7 +163,7 @@ def build_teacher(teacher: TeacherConfig, cfg: "ExperimentConfig", num_classes: 
     if weights is not None:
         try:
             load_model_weights(net, str(weights))
-        except RuntimeError as err:  # shape mismatch: another arch/width/num_classes
+        except (RuntimeError, DasuiteError) as err:  # shape/key mismatch: another arch/width/num_classes
             raise DasuiteError(f"teacher weights {weights} do not fit {arch} (tiny={bool(tiny)}): {err}") from None
     net.requires_grad_(False).eval()
     return net, str(weights or teacher.pretrained)
