@@ -14,7 +14,7 @@ from dasuite.errors import ConfigError, DasuiteError
 from dasuite.losses import seg_loss
 from dasuite.methods import distill
 from dasuite.models import create_model
-from tests.conftest import ROOT, tiny_toy_config
+from tests.conftest import ROOT, tiny_toy_config, train_interrupted
 
 NUM_CLASSES = 19  # the toy dataset uses the Cityscapes class table
 TERMS_ALONE = {
@@ -150,20 +150,10 @@ def test_resume_restores_projectors(tmp_path, teacher_run, monkeypatch):
     full_cfg = kd_config(tmp_path / "full", teacher_run, *overrides, *short, max_iters=4)
     train(full_cfg)
     cfg = kd_config(tmp_path / "cut", teacher_run, *overrides, *short, max_iters=4)
-    original = distill.Distill.training_step
-
-    def crash_at_3(self, batches, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, batches, step)
-
-    monkeypatch.setattr(distill.Distill, "training_step", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
+    train_interrupted(cfg, distill.Distill, 3, monkeypatch)
     saved = load_torch(RunDir.for_config(cfg).last)
     assert saved["iteration"] == 2 and set(saved["extras"]) == {"projectors"}
     assert saved["method"]["teacher_source"].endswith("best.safetensors")
-    monkeypatch.setattr(distill.Distill, "training_step", original)
     trainer = Trainer(cfg, resume=True)
     restored = trainer.accelerator.unwrap_model(trainer.method.projectors).state_dict()
     assert all(torch.equal(restored[k], v) for k, v in saved["extras"]["projectors"].items())
