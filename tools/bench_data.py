@@ -31,6 +31,18 @@ def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
+def _images_per_second(step, warmup: int, steps: int, batch: int, device) -> float:
+    """Run ``step`` ``warmup`` times untimed, then ``steps`` times timed (synchronised); images per second."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
 
 def data_side(args, device, pipeline: str) -> float:
     """Images per second of loader + device augmentation."""
@@ -50,14 +62,7 @@ def data_side(args, device, pipeline: str) -> float:
         batch = next(loader)
         augment(batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True))
 
-    for _ in range(args.warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.batches):
-        step()
-    _sync(device)
-    return args.batches * args.batch / (time.perf_counter() - start)
+    return _images_per_second(step, args.warmup, args.batches, args.batch, device)
 
 
 def model_side(args, device) -> float:
@@ -80,14 +85,7 @@ def model_side(args, device) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(args.model_warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.iters):
-        step()
-    _sync(device)
-    return args.iters * args.batch / (time.perf_counter() - start)
+    return _images_per_second(step, args.model_warmup, args.iters, args.batch, device)
 
 
 def main() -> None:
