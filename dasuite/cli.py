@@ -47,23 +47,32 @@ def main(debug: bool) -> None:
 @main.command(epilog="""\b
 Examples:
   dasuite run experiments/toy/source_only.yaml
+  dasuite run experiments/toy/cutmix_pseudo.yaml --baseline experiments/toy/source_only.yaml
   dasuite run experiments/camvid/segformer_b0.yaml train.max_iters=200 data.resize=[240,180]
   dasuite run experiments/camvid/segformer_b0.yaml --seeds 1,2,3 --folds 1,2
+  dasuite run experiments/cityscapes/deeplabv3plus_r101.yaml --sweep data.source.subset.n=100,500,1000
   accelerate launch -m dasuite run experiments/camvid/segformer_b0.yaml --fold 1 --seed 2""")
 @click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
 @click.option("--seed", "--seeds", "seeds", help="Random seed(s), comma-separated (1,2,3 runs each in turn; names the run tag).")
 @click.option("--fold", "--folds", "folds", help="Fold(s) for every dataset that has folds, comma-separated (e.g. 1,2).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2,...",
+              help="One run per value of a config key (repeatable: every combination); the tag gets KEY-leaf=value.")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also run this experiment (same seeds, folds, work dir; a finished run is reused) and print its "
+                   "per-class table next to each result.")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Root of run directories (default: runs).")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Initialise model weights from a checkpoint; fresh optimizer and schedule.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
 @friendly_errors
 def run(experiment: Path, overrides: tuple[str, ...], seeds: Optional[str], folds: Optional[str],
-        work_dir: Optional[str], init_from: Optional[str], resume: bool) -> None:
+        sweeps: tuple[str, ...], baseline: Optional[Path], work_dir: Optional[str], init_from: Optional[str],
+        resume: bool) -> None:
     """Train EXPERIMENT (a YAML file) with optional KEY=VALUE overrides, e.g. train.max_iters=200.
 
-    With several seeds and/or folds every combination runs in turn, each in its own run directory."""
+    With several seeds, folds and/or sweep values every combination runs in turn, each in its own run directory."""
     from dasuite.config import load_config
+    from dasuite.config.sweep import expand_sweeps
     from dasuite.engine.loop import train
 
     extra: dict = {}
@@ -71,16 +80,58 @@ def run(experiment: Path, overrides: tuple[str, ...], seeds: Optional[str], fold
         extra["work_dir"] = work_dir
     if init_from is not None:
         extra["train.init_from"] = init_from
-    combos = [(s, f) for s in _int_list(seeds, "--seed") for f in _int_list(folds, "--fold")]
-    for seed, fold in combos:
-        cfg = load_config(experiment, overrides, {**extra, **({"seed": seed} if seed is not None else {})})
+    combos = [(s, f, sw) for sw in expand_sweeps(sweeps)
+              for s in _int_list(seeds, "--seed") for f in _int_list(folds, "--fold")]
+    for seed, fold, (sweep_overrides, sweep_tag) in combos:
+        seed_extra = {"seed": seed} if seed is not None else {}
+        cfg = load_config(experiment, (*overrides, *sweep_overrides), {**extra, **seed_extra})
         if fold is not None:
             cfg = _with_fold(cfg, fold)
+        if sweep_tag:
+            cfg = cfg.model_copy(update={"tag": f"{sweep_tag}_{cfg.run_tag()}"})
         if len(combos) > 1 and _is_main_process():
             click.echo(f"== {cfg.name}/{cfg.run_tag()}")
         summary = train(cfg, resume=resume)
+        if baseline is None:
+            if _is_main_process():
+                _print_summary(summary)
+            continue
+        base_extra = {k: v for k, v in extra.items() if k == "work_dir"}
+        base_cfg = load_config(baseline, (), {**base_extra, **seed_extra})
+        if fold is not None:
+            base_cfg = _with_fold(base_cfg, fold)
         if _is_main_process():
-            _print_summary(summary)
+            _print_baseline_comparison(base_cfg, _baseline_summary(base_cfg), cfg, summary)
+
+
+def _baseline_summary(cfg) -> dict:
+    """The baseline run's summary: read when the run finished, else trained (resumed from its last checkpoint)."""
+    from dasuite.engine.checkpoint import read_json
+    from dasuite.engine.loop import train
+    from dasuite.engine.rundir import RunDir
+
+    run_dir = RunDir.for_config(cfg)
+    if run_dir.summary.is_file():
+        if _is_main_process():
+            click.echo(f"baseline: reusing the finished run {run_dir.root}")
+        return read_json(run_dir.summary)
+    if _is_main_process():
+        click.echo(f"== baseline {cfg.name}/{cfg.run_tag()}")
+    return train(cfg, resume=run_dir.last.exists())
+
+
+def _print_baseline_comparison(base_cfg, base: dict, cfg, summary: dict) -> None:
+    """The run's and the baseline's per-class tables side by side: test results when both have them, else the best
+    validation results."""
+    from dasuite.tables import format_comparison
+
+    key = "test" if summary.get("test") and base.get("test") else "best"
+    if not (summary.get(key) and base.get(key)):
+        click.echo("no evaluation result to compare with the baseline (set data.val or data.test)")
+        return
+    split = "test split" if key == "test" else "val split, best iteration"
+    click.echo(f"\n{cfg.name} vs baseline {base_cfg.name} ({split}, {cfg.run_tag()}):")
+    click.echo(format_comparison({base_cfg.name: base[key], cfg.name: summary[key]}, "table", per_class=True))
 
 
 def _int_list(text: Optional[str], option: str) -> list[Optional[int]]:
@@ -197,6 +248,15 @@ def _register_report() -> None:
 
 
 _register_report()
+
+
+def _register_translate() -> None:
+    from dasuite.translate_cli import translate_command
+
+    main.add_command(translate_command)
+
+
+_register_translate()
 
 
 @main.command("pseudo-label", epilog="""\b

@@ -76,6 +76,14 @@ def write_json(obj: Any, path: Path) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file, with an error naming the file when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise DasuiteError(f"{path}: not valid JSON ({err}); delete it to regenerate it") from None
+
+
 def rng_state() -> dict[str, Any]:
     """This process's RNG states in a ``weights_only``-loadable form."""
     np_state = np.random.get_state()
