@@ -11,7 +11,7 @@ from PIL import Image
 
 from dasuite.cli import main
 from dasuite.engine.rundir import RunDir
-from tests.conftest import ROOT, tiny_toy_config
+from tests.conftest import ROOT
 
 TOY = str(ROOT / "experiments" / "toy" / "source_only.yaml")
 

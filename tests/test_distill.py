@@ -194,8 +194,8 @@ def test_teacher_sources_run_placeholder_checkpoint_and_overrides(tmp_path, teac
 
 
 @pytest.mark.parametrize("override, message", [
-    ("method.teacher={}", "exactly one of teacher.run"),
-    ("method.teacher={checkpoint: x.safetensors}", "needs teacher.arch"),
+    ("method.teacher={}", "exactly one of run, checkpoint, pretrained"),
+    ("method.teacher={checkpoint: x.safetensors}", "checkpoint needs arch"),
     ("method.freq={high: regularise}", "method.freq.high"),
     ("method.kl={weight: -1}", "method.kl.weight"),
     ("method.freq={ratio: 1.5}", "method.freq.ratio"),

@@ -1,7 +1,6 @@
 """The training loop end to end on tiny toy runs: files, resume equivalence, determinism, errors."""
 
 import json
-import math
 
 import pytest
 import torch
@@ -28,6 +27,7 @@ def test_run_writes_the_run_directory(tmp_path):
     assert set(on_disk["test"]) >= {"iteration", "mIoU", "mAcc", "aAcc", "fwIoU", "iou", "acc", "mean_loss",
                                     "sec_per_image", "num_images"}
     assert on_disk["test"]["num_images"] == 4
+    assert summary == on_disk and on_disk["eval_model"] == "student"
     lines = [json.loads(l) for l in run.metrics.read_text().splitlines()]
     assert [l["iteration"] for l in lines] == [3, 6]
     assert list((run.root / "tensorboard").rglob("events.out.tfevents*"))

@@ -168,3 +168,8 @@ def test_eval_teacher_option_selects_the_ema_copy(tmp_path):
     assert trainer.method.eval_model() is trainer.method.ema.module
     trainer = Trainer(mt_config(tmp_path / "s"))
     assert trainer.method.eval_model() is trainer.method.model
+
+
+def test_summary_names_the_evaluated_network(tmp_path):
+    summary = train(mt_config(tmp_path, "method.eval_teacher=true", max_iters=2))
+    assert summary["eval_model"] == "teacher"

@@ -84,3 +84,14 @@ def test_scheduler_state_round_trip():
     opt_b.load_state_dict(opt.state_dict())
     assert math.isclose(_lrs(sched_b, opt_b, 2)[1][0], _lrs(sched, opt, 2)[1][0])
     assert sched_b.last_epoch == sched.last_epoch == 6
+
+
+def test_linear_decay_is_constant_then_linear_to_zero():
+    """CycleGAN's schedule: constant for the first half, then linearly to 0 at max_iters."""
+    f = lr_factor(ScheduleConfig(name="linear", decay_start=0.5), max_iters=100, base_lr=2e-4)
+    assert [f(i) for i in (0, 25, 50)] == pytest.approx([1.0, 1.0, 1.0])
+    assert f(75) == pytest.approx(0.5)
+    assert f(90) == pytest.approx(0.2)
+    assert f(100) == pytest.approx(0.0)
+    g = lr_factor(ScheduleConfig(name="linear", decay_start=0.0), max_iters=10, base_lr=1.0)
+    assert g(5) == pytest.approx(0.5)

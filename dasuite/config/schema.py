@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from dasuite.data.augment import AugmentConfig
 from dasuite.data.camvid import CamVidConfig
 from dasuite.data.cityscapes import CityscapesConfig
+from dasuite.data.fda import FDAConfig
 from dasuite.data.folder import FolderConfig
 from dasuite.data.gta5 import GTA5Config
 from dasuite.data.hf import HFConfig
@@ -21,6 +22,9 @@ from dasuite.data.sampling import training_variants
 from dasuite.data.synthia import SynthiaConfig
 from dasuite.data.toy import ToyConfig
 from dasuite.data.translated import TranslatedConfig
+from dasuite.engine.schedule import ScheduleConfig  # defined there: method configs (adversary) use it too
+from dasuite.methods.adaptsegnet import AdaptSegNetConfig
+from dasuite.methods.cyclegan import CycleGANConfig
 from dasuite.methods.distill import DistillConfig
 from dasuite.methods.mean_teacher import MeanTeacherConfig
 from dasuite.methods.source_only import SourceOnlyConfig
@@ -33,7 +37,9 @@ DatasetEntry = Annotated[
     Field(discriminator="name"),
 ]
 # One entry per registered method.
-MethodSection = Annotated[Union[SourceOnlyConfig, DistillConfig, MeanTeacherConfig], Field(discriminator="name")]
+MethodSection = Annotated[Union[SourceOnlyConfig, DistillConfig, MeanTeacherConfig, CycleGANConfig,
+                                AdaptSegNetConfig],
+                          Field(discriminator="name")]
 
 METRIC_NAMES = ("mIoU", "mAcc", "aAcc", "fwIoU")
 
@@ -82,6 +88,15 @@ class DataConfig(Section):
     target: Optional[TrainRole] = None
     val: Optional[DatasetEntry] = None
     test: Optional[DatasetEntry] = None
+    #: Fourier Domain Adaptation of every source batch with target images (dasuite/data/fda.py, docs/fda.md).
+    fda: Optional[FDAConfig] = None
+
+    @field_validator("fda")
+    @classmethod
+    def _fda_needs_target(cls, v: Optional[FDAConfig], info: ValidationInfo) -> Optional[FDAConfig]:
+        if v is not None and v.target_role in info.data and info.data[v.target_role] is None:
+            raise ValueError(f"data.fda needs target images: set data.{v.target_role} (or remove data.fda)")
+        return v
 
     @field_validator("source", "target", mode="before")
     @classmethod
@@ -127,20 +142,6 @@ class OptimConfig(Section):
     head_lr_mult: float = Field(1.0, gt=0)
     norm_weight_decay: Optional[float] = Field(0.0, ge=0)
     grad_clip: Optional[float] = Field(None, gt=0)
-
-
-class ScheduleConfig(Section):
-    """Iteration-based LR schedule (stepped once per optimizer step). ``poly``: lr = (base - min_lr) *
-    (1 - t/T)^power + min_lr; ``step``: lr *= gamma at each milestone; ``constant``. An optional linear warm-up from
-    ``warmup_ratio * lr`` over ``warmup_iters`` applies to all three."""
-
-    name: Literal["poly", "step", "constant"] = "poly"
-    power: float = Field(1.0, gt=0)
-    min_lr: float = Field(0.0, ge=0)
-    warmup_iters: int = Field(0, ge=0)
-    warmup_ratio: float = Field(1e-6, ge=0, le=1)
-    milestones: list[int] = Field(default_factory=list)
-    gamma: float = Field(0.1, gt=0)
 
 
 class TrainConfig(Section):

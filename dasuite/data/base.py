@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, field_validator
 
 from dasuite.data.augment import AugmentConfig
-from dasuite.data.labels import IGNORE_INDEX, ClassTable
+from dasuite.data.labels import ClassTable
 from dasuite.errors import DasuiteError
 from dasuite.registry import Registry
 from dasuite.schema_base import Section

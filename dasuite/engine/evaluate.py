@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image

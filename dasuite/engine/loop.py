@@ -22,6 +22,7 @@ from dasuite.config.load import flatten_config
 from dasuite.config.schema import ExperimentConfig
 from dasuite.data import build_dataset
 from dasuite.data.augment import DeviceAugment
+from dasuite.data.fda import apply_fda, fda_roles
 from dasuite.data.training import build_training_data, write_run_files
 from dasuite.engine.checkpoint import load_torch, load_weights, rng_state, save_torch, save_weights, set_rng_state, write_json
 from dasuite.engine.evaluate import evaluate
@@ -73,6 +74,10 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, resume: bool = False) -> None:
         self.cfg = cfg
         self.run = RunDir.for_config(cfg)
+        evaluated = [role for role in EVAL_ROLES if getattr(cfg.data, role) is not None]
+        if evaluated and not METHODS.get(cfg.method.name).evaluates:
+            raise DasuiteError(f"method {cfg.method.name!r} trains no segmentation model and evaluates nothing, but "
+                               f"the experiment sets data.{evaluated[0]}: remove data.{'/'.join(evaluated)}")
         if not resume and self.run.last.exists():
             raise DasuiteError(f"run directory {str(self.run.root)!r} already has a checkpoint; pass --resume to "
                                f"continue it, or choose another tag/work dir (tag=..., --work-dir)")
@@ -105,12 +110,13 @@ class Trainer:
             setattr(self.method, name, module)
         self.method.setup(self.accelerator)
         acc = self.accelerator
+        roles = fda_roles(self.method.domains, cfg.data.fda)  # data.fda also draws target batches
         self.loaders = {role: self.datasets[role].loader(cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
                                                          acc.process_index, acc.num_processes)
-                        for role in self.method.domains}
-        self.augments = {role: DeviceAugment(self.datasets[role].augment) for role in self.method.domains}
-        if acc.is_main_process:  # subset lists and rare-class tables of the roles this method trains on
-            write_run_files(self.run.root, {k: v for role in self.method.domains
+                        for role in roles}
+        self.augments = {role: DeviceAugment(self.datasets[role].augment) for role in roles}
+        if acc.is_main_process:  # subset lists and rare-class tables of the roles this run trains on
+            write_run_files(self.run.root, {k: v for role in roles
                                             for k, v in self.datasets[role].run_files().items()}, resume)
         self.iteration = 0
         self.best: Optional[dict] = None
@@ -188,7 +194,7 @@ class Trainer:
             label = label.to(self.accelerator.device, non_blocking=True) if label is not None else None
             image, label = self.augments[role](image, label)
             batches[role] = {"image": image, "label": label, "name": raw["name"]}
-        return batches
+        return apply_fda(batches, self.cfg.data.fda, self.method.domains)  # identity without data.fda
 
     def fit(self) -> dict:
         """Train to ``train.max_iters`` (from the resumed iteration), then write ``summary.json``."""
@@ -253,7 +259,9 @@ class Trainer:
 
     def _finish(self) -> dict:
         """Evaluate the best weights on the test split (when configured) and write ``summary.json``."""
-        summary: dict[str, Any] = {"experiment": self.cfg.name, "tag": self.cfg.run_tag(), "eval_model": "teacher" if getattr(self.cfg.method, "eval_teacher", False) else "student",
+        evaluated = ("teacher" if getattr(self.cfg.method, "eval_teacher", False) else "student") \
+            if self.method.evaluates else None  # which network the results are of (None: nothing evaluated)
+        summary: dict[str, Any] = {"experiment": self.cfg.name, "tag": self.cfg.run_tag(), "eval_model": evaluated,
                                    "final": self.final, "best": self.best}
         if "test" in self.datasets:
             model = self.accelerator.unwrap_model(self.method.eval_model())

@@ -67,7 +67,8 @@ def lr_factor(cfg: "ScheduleConfig", max_iters: int, base_lr: float) -> Callable
     """Multiplier of ``base_lr`` at iteration ``it`` (0-based count of optimizer steps taken).
 
     poly: ``(1 - it/max_iters)^power`` mapped onto [min_lr, base_lr]; step: ``gamma^(milestones passed)``;
-    constant: 1. Warm-up (mmcv-style, linear): during the first ``warmup_iters`` the factor is multiplied by
+    constant: 1; linear: 1 until ``decay_start * max_iters``, then linearly to 0 at ``max_iters``
+    (``(max_iters - it) / (max_iters - start)``). Warm-up (mmcv-style, linear): during the first ``warmup_iters`` the factor is multiplied by
     ``1 - (1 - it/warmup_iters) * (1 - warmup_ratio)``, starting at ``warmup_ratio``.
     """
     min_ratio = cfg.min_lr / base_lr if base_lr > 0 else 0.0
@@ -76,6 +77,9 @@ def lr_factor(cfg: "ScheduleConfig", max_iters: int, base_lr: float) -> Callable
         if cfg.name == "poly":
             progress = min(it, max_iters) / max_iters
             f = (1 - min_ratio) * math.pow(1 - progress, cfg.power) + min_ratio
+        elif cfg.name == "linear":
+            start = cfg.decay_start * max_iters
+            f = 1.0 if it <= start else max(0.0, (max_iters - it) / (max_iters - start))
         elif cfg.name == "step":
             f = cfg.gamma ** sum(it >= m for m in cfg.milestones)
         else:

@@ -34,6 +34,9 @@ class Method(abc.ABC):
     domains: tuple[str, ...] = ("source",)
     #: DDP option, for methods whose step leaves some prepared parameters without a gradient.
     find_unused_parameters: bool = False
+    #: False for methods that train no segmenter (``cyclegan``): the engine then evaluates nothing and refuses an
+    #: experiment that sets ``data.val`` / ``data.test``; ``summary.json`` has ``best``/``final`` None.
+    evaluates: bool = True
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         self.cfg = cfg

@@ -12,17 +12,16 @@ The teacher is built in ``__init__`` from ``teacher.run`` (a dasuite run directo
 ``last.pt``; arch/tiny/options from its ``config.yaml`` unless given here), ``teacher.checkpoint`` or
 ``teacher.pretrained`` (both with ``teacher.arch``); ``{work_dir}``, ``{seed}`` and ``{fold}`` in a path become the
 run's. It is frozen (``requires_grad_(False)``, ``eval()``), moved to the device in ``setup`` (never prepared, never in
-the optimizer) and run under ``torch.no_grad()``. See docs/kd.md.
+the optimizer) and run under ``torch.no_grad()`` (``dasuite.models.frozen``). See docs/kd.md.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
 from dasuite.data.labels import IGNORE_INDEX
@@ -32,7 +31,7 @@ from dasuite.losses.frequency import HighMode, freq_loss
 from dasuite.losses.kd import at_loss, cwd_loss, kl_loss, sp_loss
 from dasuite.losses.segmentation import upsample_to
 from dasuite.methods.base import METHODS, Batch, Method
-from dasuite.models import create_model
+from dasuite.models.frozen import FrozenModelConfig, build_frozen_model
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
@@ -46,28 +45,6 @@ class FeaturePair(Section):
 
     student: str = "decoder"
     teacher: str = "decoder"
-
-
-class TeacherConfig(Section):
-    """Exactly one of ``run`` / ``checkpoint`` / ``pretrained``; ``arch``/``tiny``/``options`` override the run's
-    config and are required (``arch``) with a checkpoint or pretrained weights."""
-
-    run: Optional[str] = None
-    checkpoint: Optional[str] = None
-    pretrained: Optional[str] = None
-    arch: Optional[str] = None
-    tiny: Optional[bool] = None
-    options: Optional[dict[str, Any]] = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "TeacherConfig":
-        given = [k for k in ("run", "checkpoint", "pretrained") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of teacher.run, teacher.checkpoint, teacher.pretrained "
-                             f"(got {given or 'none'})")
-        if given[0] != "run" and not self.arch:
-            raise ValueError(f"teacher.{given[0]} needs teacher.arch (the teacher's model name)")
-        return self
 
 
 class KLConfig(Section):
@@ -118,7 +95,7 @@ class DistillConfig(Section):
     """``method: {name: distill, teacher: {...}, kl: {...}, freq: {...}}``; an absent term is off."""
 
     name: Literal["distill"] = "distill"
-    teacher: TeacherConfig
+    teacher: FrozenModelConfig
     task_weight: float = Field(1.0, ge=0)
     kl: Optional[KLConfig] = None
     at: Optional[ATConfig] = None
@@ -130,45 +107,6 @@ class DistillConfig(Section):
 TERMS = ("kl", "at", "sp", "cwd", "freq")
 
 
-def _fill(path: str, cfg: "ExperimentConfig") -> str:
-    """Replace ``{work_dir}``, ``{seed}`` and ``{fold}`` in a teacher path with the run's work dir, seed and fold."""
-    folds = {getattr(e, "fold", None) for e in cfg.data.entries().values()} - {None}
-    if "{fold}" in path and len(folds) != 1:
-        raise ConfigError(f"method.teacher path {path!r} uses {{fold}} but the experiment has no (single) fold")
-    path = path.replace("{work_dir}", cfg.work_dir).replace("{seed}", str(cfg.seed))
-    return path.replace("{fold}", str(folds.pop() if folds else ""))
-
-
-def build_teacher(teacher: TeacherConfig, cfg: "ExperimentConfig", num_classes: int) -> tuple[nn.Module, str]:
-    """The frozen teacher network and a description of where its weights came from."""
-    from dasuite.config.load import read_yaml
-    from dasuite.config.schema import ModelConfig
-    from dasuite.engine.loop import load_model_weights
-    from dasuite.engine.rundir import RunDir
-
-    arch, tiny, options, weights = teacher.arch, teacher.tiny, teacher.options, None
-    if teacher.run:
-        run = RunDir(Path(_fill(teacher.run, cfg)).expanduser())
-        if not run.config.is_file():
-            raise DasuiteError(f"method.teacher.run: {str(run.root)!r} is not a dasuite run directory (no config.yaml)")
-        model = ModelConfig.model_validate(read_yaml(run.config).get("model", {}))
-        arch, tiny = arch or model.arch, model.tiny if tiny is None else tiny
-        options = model.options if options is None else options
-        weights = run.best if run.best.is_file() else run.last
-        if not weights.is_file():
-            raise DasuiteError(f"method.teacher.run: {str(run.root)!r} has no checkpoint ({run.best} or {run.last})")
-    elif teacher.checkpoint:
-        weights = Path(_fill(teacher.checkpoint, cfg)).expanduser()
-    net = create_model(arch, num_classes, tiny=bool(tiny), pretrained=teacher.pretrained, **(options or {}))
-    if weights is not None:
-        try:
-            load_model_weights(net, str(weights))
-        except (RuntimeError, DasuiteError) as err:  # shape/key mismatch: another arch/width/num_classes
-            raise DasuiteError(f"teacher weights {weights} do not fit {arch} (tiny={bool(tiny)}): {err}") from None
-    net.requires_grad_(False).eval()
-    return net, str(weights or teacher.pretrained)
-
-
 @METHODS.register("distill")
 class Distill(Method):
     """Student = ``self.model`` (trained), teacher = ``self.teacher`` (frozen); losses as in the module docstring."""
@@ -178,7 +116,7 @@ class Distill(Method):
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         self.options: DistillConfig = cfg.method
-        self.teacher, self.teacher_source = build_teacher(self.options.teacher, cfg, num_classes)
+        self.teacher, self.teacher_source = build_frozen_model(self.options.teacher, cfg, num_classes, "method.teacher")
         self.teacher_checksum = float(sum(p.double().abs().sum() for p in self.teacher.state_dict().values()
                                           if p.is_floating_point()))
         self.active = [t for t in TERMS if getattr(self.options, t) is not None and getattr(self.options, t).weight > 0]

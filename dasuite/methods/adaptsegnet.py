@@ -1,0 +1,170 @@
+"""``adaptsegnet``: output-space adversarial adaptation (Tsai et al., "Learning to Adapt Structured Output Space for
+Semantic Segmentation", CVPR 2018).
+
+Each step, with labelled ``source`` (s) and unlabelled ``target`` (t) batches and output levels ``l`` in
+``levels`` (``main``: the model's logits; ``aux``: DeepLabV2 multi-level's layer3 classifier, read from
+``model(x, return_features=True)[1]["aux_logits"]``):
+
+- ``P_l = softmax(upsample(logits_l, input crop size))``, bilinear, in float32: the maps are resized to the input
+  size first and the softmax is taken there, as AdaptSegNet does (``interp`` then ``F.softmax``);
+- segmentation: ``loss_seg = CE(main_s, y_s)`` and, with ``aux``, ``loss_seg_aux = CE(aux_s, y_s)``;
+- adversarial (the segmenter's step): ``loss_adv_l = gan(D_l(P_l(t)), real)``, D's parameters detached, i.e.
+  target predictions should look like source ("real") ones;
+- discriminators (their own step, inputs detached): ``loss_d_l = (gan(D_l(P_l(s)), real) + gan(D_l(P_l(t)),
+  fake)) / 2`` (AdaptSegNet halves each term);
+- ``loss = loss_seg + seg_weight_aux * loss_seg_aux + sum_l adv_weight_l * loss_adv_l + sum_l loss_d_l``.
+
+``gan`` is BCE with logits (``vanilla``) or MSE (``lsgan``), see ``dasuite.losses.gan``. AdaptSegNet labels source 0
+and target 1; dasuite uses source = real = 1, which is the same objective with the labels swapped (both losses are
+symmetric under it). One ``OutputSpaceDiscriminator`` per level with its own Adam and poly schedule
+(``dasuite.methods.adversary``: one backward, D stepped in ``on_step_end``). With ``levels: [main]`` this is the
+single-level model (the notes' "seg loss + adversarial loss on predictions"; AdaptSegNet's single-level variant).
+
+``target_bn``: ``train`` (AdaptSegNet) runs the target batch through BatchNorm in train mode, so target batches
+normalise with their own statistics and move the running statistics (AdaptSegNet issue #25: even with a zero
+adversarial weight this adapts BN). ``eval`` switches every BatchNorm of the segmenter to eval mode for the target
+forward (running statistics used and left unchanged; the gradient still flows). Frozen BN (DeepLabV2
+``freeze_bn: true``, the default) behaves the same either way. Logged besides the losses: ``d_<level>_source`` and
+``d_<level>_target`` (D's mean probability of "source"; for lsgan its mean output) and ``lr_d_<level>``.
+See docs/adaptsegnet.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from dasuite.errors import ConfigError
+from dasuite.losses import seg_loss
+from dasuite.losses.segmentation import upsample_to
+from dasuite.methods.adversary import Adversary, AdversaryOptimConfig
+from dasuite.methods.base import METHODS, Batch, Method
+from dasuite.models.discriminator import OutputSpaceDiscriminator
+from dasuite.schema_base import Section
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from dasuite.config.schema import ExperimentConfig
+
+Level = Literal["main", "aux"]
+
+
+class LevelWeights(Section):
+    """Adversarial weight per output level (AdaptSegNet, vanilla GAN: 0.001 main, 0.0002 aux)."""
+
+    main: float = Field(0.001, ge=0)
+    aux: float = Field(0.0002, ge=0)
+
+
+class AdaptSegNetConfig(Section):
+    """``method: {name: adaptsegnet, ...}``; defaults are AdaptSegNet's multi-level vanilla-GAN setting. Its LS-GAN
+    variant used larger adversarial weights (0.01 main, 0.002 aux): set ``adv_weight`` with ``objective: lsgan``."""
+
+    name: Literal["adaptsegnet"] = "adaptsegnet"
+    objective: Literal["vanilla", "lsgan"] = "vanilla"
+    levels: list[Level] = Field(default_factory=lambda: ["main", "aux"])
+    adv_weight: LevelWeights = Field(default_factory=LevelWeights)
+    seg_weight_aux: float = Field(0.1, ge=0)
+    ndf: int = Field(64, gt=0)
+    discriminator: AdversaryOptimConfig = Field(default_factory=AdversaryOptimConfig)
+    target_bn: Literal["train", "eval"] = "train"
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[str]) -> list[str]:
+        if "main" not in v or len(set(v)) != len(v):
+            raise ValueError(f"expected [main] or [main, aux], got {v}")
+        return v
+
+
+@contextlib.contextmanager
+def batchnorm_eval(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the block every BatchNorm of ``model`` is in eval mode (running statistics, no update); restored after."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    norms = norms if enabled else []
+    for m in norms:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.train(True)
+
+
+@METHODS.register("adaptsegnet")
+class AdaptSegNet(Method):
+    """Segmenter ``self.model`` (trained by the engine) and ``self.adversary`` (one discriminator per level)."""
+
+    domains = ("source", "target")
+    find_unused_parameters = True  # a multi-level model trained with levels [main] leaves its aux head unused
+
+    def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
+        super().__init__(cfg, num_classes)
+        self.options: AdaptSegNetConfig = cfg.method
+        self.levels: tuple[str, ...] = tuple(self.options.levels)
+        if "aux" in self.levels and "aux_logits" not in getattr(self.model, "feature_channels", {}):
+            raise ConfigError(
+                f"method.levels={list(self.levels)} needs auxiliary logits, which model {cfg.model.arch!r} (options "
+                f"{cfg.model.options}) does not produce: use a multi-level DeepLabV2 (model.arch=deeplabv2_r101, "
+                f"model.options.multi_level=true) or set method.levels=[main]"
+            )
+        discriminators = {lvl: OutputSpaceDiscriminator(num_classes, self.options.ndf) for lvl in self.levels}
+        self.adversary = Adversary(discriminators, self.options.objective, self.options.discriminator,
+                                   cfg.train.max_iters)
+
+    def setup(self, accelerator: "Accelerator") -> None:
+        super().setup(accelerator)
+        self.adversary.prepare(accelerator)
+
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per level (``main`` always, ``aux`` when in ``levels``) at the model's output stride."""
+        if "aux" not in self.levels:
+            return {"main": self.model(images)}
+        logits, features = self.model(images, return_features=True)
+        return {"main": logits, "aux": features["aux_logits"]}
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``softmax(upsample(logits, size))`` over classes, float32, B x K x H x W."""
+        return upsample_to(logits.float(), size).softmax(1)
+
+    def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
+        source, target = batches["source"], batches["target"]
+        opts, adversary = self.options, self.adversary
+        src = self.predict(source["image"])
+        with batchnorm_eval(self.model, opts.target_bn == "eval"):
+            tgt = self.predict(target["image"])
+        out: dict[str, torch.Tensor] = {}
+        loss_seg = seg_loss(src["main"], source["label"])
+        total = loss_seg
+        out["loss_seg"] = loss_seg.detach()
+        if "aux" in self.levels:
+            loss_aux = seg_loss(src["aux"], source["label"])
+            total = total + opts.seg_weight_aux * loss_aux
+            out["loss_seg_aux"] = loss_aux.detach()
+        for lvl in self.levels:
+            p_src = self.probabilities(src[lvl], source["image"].shape[-2:])
+            p_tgt = self.probabilities(tgt[lvl], target["image"].shape[-2:])
+            loss_adv = adversary.generator_loss(lvl, p_tgt, real=True)
+            loss_d = 0.5 * (adversary.discriminator_loss(lvl, p_src, real=True)
+                            + adversary.discriminator_loss(lvl, p_tgt, real=False))
+            total = total + getattr(opts.adv_weight, lvl) * loss_adv + loss_d
+            out[f"loss_adv_{lvl}"] = loss_adv.detach()
+            out[f"loss_d_{lvl}"] = loss_d.detach()
+            out[f"d_{lvl}_source"] = adversary.verdicts[f"{lvl}_real"]
+            out[f"d_{lvl}_target"] = adversary.verdicts[f"{lvl}_fake"]
+        return {"loss": total, **out, **adversary.lrs()}
+
+    def on_step_end(self, step: int) -> None:
+        self.adversary.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adversary": self.adversary.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adversary.load_state_dict(state["adversary"])
