@@ -351,3 +351,26 @@ def test_engine_resume_with_mix_and_rcs_matches_uninterrupted_run(tmp_path, monk
     assert resumed["final"]["mIoU"] == full["final"]["mIoU"]
     assert resumed["final"]["mean_loss"] == full["final"]["mean_loss"]
     assert len({n for names in seen for n in names if "real" in n}) <= 5, "only the subset of entry 1 is drawn"
+
+
+def test_mix_accepts_a_folder_with_the_same_class_names(tmp_path):
+    """Pseudo-labelled or translated folders (class table 'folder') mix with the dataset whose classes they copy."""
+    import numpy as np
+    from PIL import Image
+
+    from dasuite.data.labels import CITYSCAPES
+
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(np.full((48, 64), i, np.uint8)).save(tmp_path / "labels" / f"{i}.png")
+    names = "[" + ", ".join(CITYSCAPES.names) + "]"
+    folder = f"{{name: folder, root: {tmp_path}, classes: {names}}}"
+    mixed = build_training_data("source", toy_config(f"data.source=[{folder}, {{name: toy, size: [64, 48]}}]").data.source)
+    assert len(mixed) == 2 + 200 and mixed[0]["label"].max() <= 1
+    renamed = names.replace("road", "street")
+    other = toy_config(f"data.source=[{{name: folder, root: {tmp_path}, classes: {renamed}}}, "
+                       f"{{name: toy, size: [64, 48]}}]")
+    with pytest.raises(DasuiteError, match=r"first difference at train id 0"):
+        build_training_data("source", other.data.source)

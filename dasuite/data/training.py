@@ -148,16 +148,19 @@ def _rcs_report(path: str, dataset: SegDataset, pixels: np.ndarray, probs: np.nd
 
 
 def _check_mix(members: list[Member]) -> None:
-    """Members of a mix share the class table, the decoded image size and whether items carry labels."""
+    """Members of a mix share the class names (train-id order), the decoded image size and whether items carry
+    labels."""
     first = members[0]
     probe0 = first[0]
     for m in members[1:]:
-        if m.dataset.classes != first.dataset.classes:
+        if m.dataset.classes.names != first.dataset.classes.names:  # names in train-id order; palettes may differ
+            ours, theirs = m.dataset.classes.names, first.dataset.classes.names
+            first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
             raise DasuiteError(
                 f"data.{m.path} ({m.entry.name}) uses class table {m.dataset.classes.name!r} "
                 f"({m.dataset.num_classes} classes) but data.{first.path} ({first.entry.name}) uses "
-                f"{first.dataset.classes.name!r} ({first.dataset.num_classes} classes); the datasets of a mix must "
-                f"share one class table")
+                f"{first.dataset.classes.name!r} ({first.dataset.num_classes} classes), first difference at train id "
+                f"{first_diff}; the datasets of a mix must have the same class names in the same order")
         probe = m[0]
         (h0, w0), (h, w) = probe0["image"].shape[-2:], probe["image"].shape[-2:]
         if (h, w) != (h0, w0):
