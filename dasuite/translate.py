@@ -19,9 +19,11 @@ Files and resume. Every file is encoded in memory, hashed (sha256), written to a
 renamed over the target (``os.replace``), so a killed run never leaves a partial file under the final name.
 ``translate_manifest.json`` (also atomic; rewritten every ``FLUSH_SECONDS`` and at the end) holds the settings,
 the checkpoint's sha256 and one sha256 per finished file. A rerun skips items whose files match the manifest's
-hashes (and files absent from the manifest that decode at the expected size, i.e. written just before a kill),
-rewrites everything else, and refuses an output folder whose manifest came from other settings unless
-``overwrite``. ``verify`` also decodes every listed file and checks its size.
+hashes (and files absent from the manifest that decode at the expected size, i.e. written just before a kill,
+except in a folder whose ``overwrite`` pass has not finished: there they may be the replaced translation's, which
+the manifest's ``unlisted_files_trusted: false`` records), rewrites everything else, and refuses an output folder
+whose manifest came from other settings unless ``overwrite``. ``verify`` also decodes every listed file and checks
+its size.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class Item:
 def plan(dataset: SegDataset, entry: DatasetConfig, out: Path) -> tuple[list[Item], dict]:
     """The items to write and the dataset entry that reads the result back (module docstring)."""
     if isinstance(dataset, ToyDataset):
-        stems = [f"toy_{entry.domain}_{entry.split}_{i:05d}" for i in range(len(dataset))]  # ToyDataset's names
+        stems = [Path(dataset.name(i)).stem for i in range(len(dataset))]
         items = [Item(i, (f"images/{s}.png", f"labels/{s}.png"), tuple(entry.size)) for i, s in enumerate(stems)]
         classes = dataset.classes
         return items, {"name": "folder", "root": str(out.resolve()), "split": entry.split, "images_dir": "images",
@@ -310,7 +312,8 @@ def translate_dataset(generator: nn.Module, entry: DatasetConfig, out: Path, pro
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     state = _Output(out, items, {"dasuite_version": dasuite.__version__, **provenance, **identity,
-                                 "output": dataset_entry["name"], "dataset_entry": dataset_entry})
+                                 "output": dataset_entry["name"], "dataset_entry": dataset_entry,
+                                 "unlisted_files_trusted": trust_unlisted})
 
     def finished(item: Item) -> Optional[list[str]]:
         shas = [check_file(out / rel, item.size, previous.get(rel), options.verify)
@@ -385,8 +388,8 @@ def _previous_files(path: Path, identity: dict, overwrite: bool) -> tuple[dict[s
             return {}, False
         raise DasuiteError(f"cannot read {str(path)!r} ({err}); delete it or pass --overwrite") from None
     differ = [key for key, value in identity.items() if old.get(key) != value]
-    if not differ:
-        return dict(old.get("files", {})), True
+    if not differ:  # after an interrupted --overwrite, unlisted files may be the replaced translation's
+        return dict(old.get("files", {})), bool(old.get("unlisted_files_trusted", True))
     if overwrite:
         return {}, False
     shown = "; ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in differ)

@@ -142,3 +142,17 @@ def test_fp16_step_unscales_with_the_backward_scale_and_skips_non_finite():
     adv.step()  # non-finite gradient: no update, gradient cleared, schedule advanced
     assert all(torch.equal(p, b) and p.grad is None for p, b in zip(adv.modules.parameters(), before))
     assert adv.scheduler.last_epoch == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs only exist on an accelerator")
+def test_per_step_loss_dict_does_not_sync_with_the_host_on_cuda():
+    adv = _adversary("lsgan")
+    adv.modules.cuda()
+    adv._build_optimizer()
+    x = torch.randn(2, 3, 8, 8, device="cuda", requires_grad=True)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = {"g": adv.generator_loss("main", x), "d": adv.discriminator_loss("main", x, False), **adv.lrs()}
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert losses["lr_d_main"].device.type == "cuda" and losses["lr_d_main"].item() == pytest.approx(1e-4)

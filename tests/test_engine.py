@@ -147,3 +147,17 @@ def test_init_from_with_other_width_is_a_clear_error(tmp_path):
     other = tiny_toy_config(tmp_path / "b", "model.tiny=false", f"train.init_from={RunDir.for_config(first).best}")
     with pytest.raises(DasuiteError, match="weight shapes do not match"):
         Trainer(other)
+
+
+def test_fp16_loss_scale_is_checkpointed_and_restored(tmp_path):
+    """With fp16 (CUDA) Accelerate keeps a GradScaler; its scale and growth tracker must survive a resume. The CPU has
+    no fp16 scaler, so a CPU GradScaler stands in for it."""
+    cfg = tiny_toy_config(tmp_path)
+    first = Trainer(cfg)
+    first.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1234.0)
+    first._save_last()
+    assert load_torch(RunDir.for_config(cfg).last)["scaler"]["scale"] == 1234.0
+    resumed = Trainer(cfg, resume=True)
+    resumed.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    resumed._load_last()
+    assert resumed.accelerator.scaler.get_scale() == 1234.0

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from dasuite.errors import DasuiteError
 from dasuite.models.gan import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
 
 
@@ -95,7 +96,7 @@ def test_image_pool_walks_a_batch_in_order_and_size_zero_passes_through():
     x = torch.randn(2, 3, 4, 4, requires_grad=True)
     same = ImagePool(size=0).query(x)
     assert torch.equal(same, x) and not same.requires_grad
-    with pytest.raises(ValueError, match="one size"):
+    with pytest.raises(DasuiteError, match="one size"):
         pool.query(torch.zeros(1, 1, 2, 2))
 
 

@@ -324,3 +324,29 @@ def test_cli_with_a_real_cyclegan_run(cyclegan_run, tmp_path, gta):
     save_torch({"model": nn.ModuleDict({"source_to_target": inverting()}).state_dict()}, other)
     with pytest.raises(DasuiteError, match="weights do not match the run's generators"):
         tr.load_run(cyclegan_run, checkpoint=str(other))
+
+
+def test_overwrite_killed_then_resumed_never_keeps_files_of_the_replaced_translation(gta, tmp_path, monkeypatch):
+    """An --overwrite pass that dies midway leaves files of the old settings that its manifest does not list; the
+    rerun (same new settings, no --overwrite) must rewrite them, not trust them because they decode at the size."""
+    out = tmp_path / "cycle"
+    run_gta(gta, out)  # the old translation, complete
+    other = {**PROVENANCE, "checkpoint_sha256": "b" * 64}
+    new_generator = inverting(permute=False)
+    real_write, calls = tr.write_png, []
+
+    def dying_write(array, path):
+        calls.append(path)
+        if len(calls) > 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_write(array, path)
+
+    monkeypatch.setattr(tr, "write_png", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        tr.translate_dataset(new_generator, GTA5Config(root=str(gta)), out, other, quick(overwrite=True))
+    monkeypatch.setattr(tr, "write_png", real_write)
+    assert json.loads((out / tr.MANIFEST).read_text())["count"] == 2
+    again = tr.translate_dataset(new_generator, GTA5Config(root=str(gta)), out, other, quick())
+    assert again["complete"] and again["last_pass"] == {"written": 3, "skipped": 2, "verified": False}
+    for stem in SIZES:  # every file is the new generator's output (y = -x: 255 - pixel, channels kept)
+        assert np.array_equal(read(out / f"{stem}.png"), 255 - read(gta / f"images/{stem}.png")), stem

@@ -273,12 +273,16 @@ class ToyDataset(SegDataset):
     def __len__(self) -> int:
         return self.length
 
+    def name(self, index: int) -> str:
+        """The item's file-like name, e.g. ``toy_synthetic_train_00007.png``."""
+        return f"toy_{self.cfg.domain}_{self.cfg.split}_{index:05d}.png"
+
     def raw_pair(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         if not 0 <= index < self.length:
             raise IndexError(f"toy index {index} out of range for {self.length} images")
         c = self.cfg
         image, label = render_toy(c.seed, c.domain, c.split, index, c.size)
-        return image, label, f"toy_{c.domain}_{c.split}_{index:05d}.png"
+        return image, label, self.name(index)
 
     def __getitem__(self, index: int) -> dict:
         image, label, name = self.raw_pair(index)

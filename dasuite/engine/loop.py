@@ -135,6 +135,7 @@ class Trainer:
                 "method": self.method.state_dict(),
                 "extras": {n: acc.unwrap_model(getattr(self.method, n)).state_dict() for n in self.extras},
                 "loaders": {role: loader.state_dict() for role, loader in self.loaders.items()},
+                "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,  # fp16 loss scale
                 "iteration": self.iteration,
                 "best": self.best,
                 "final": self.final,
@@ -154,6 +155,8 @@ class Trainer:
             self.accelerator.unwrap_model(getattr(self.method, name)).load_state_dict(state["extras"][name])
         for role, loader in self.loaders.items():
             loader.load_state_dict(state["loaders"][role])
+        if self.accelerator.scaler is not None and state.get("scaler"):
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best, self.final = state["iteration"], state["best"], state["final"]
         set_rng_state(load_torch(self.run.rng(self.accelerator.process_index)))
 

@@ -149,9 +149,10 @@ class Adversary:
         self.scheduler.step()
 
     def lrs(self) -> dict[str, torch.Tensor]:
-        """Current learning rate of each discriminator as ``{"lr_d_<name>": 0-dim tensor}`` (loss-dict ready)."""
+        """Current learning rate of each discriminator as ``{"lr_d_<name>": 0-dim tensor}`` (loss-dict ready).
+        ``torch.full`` fills on the device; ``torch.tensor(lr, device=cuda)`` would be a blocking host copy per step."""
         device = next(self.modules.parameters()).device
-        return {f"lr_d_{g['group']}": torch.tensor(g["lr"], device=device) for g in self.optimizer.param_groups}
+        return {f"lr_d_{g['group']}": torch.full((), g["lr"], device=device) for g in self.optimizer.param_groups}
 
     def state_dict(self) -> dict[str, Any]:
         """Discriminator weights (unwrapped), optimizer and schedule state."""

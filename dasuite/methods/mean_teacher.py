@@ -161,7 +161,7 @@ class MeanTeacher(Method):
         images, labels, weights, log = self.unlabelled_batch(source, target)
         loss_u = weighted_ce(self.model(images), labels, weights)
         total = loss_seg + self.options.unlabelled_weight * loss_u if self.unlabelled_enabled else loss_seg
-        momentum = torch.tensor(self.ema.current_momentum(), device=loss_seg.device)
+        momentum = torch.full((), self.ema.current_momentum(), device=loss_seg.device)  # no host-to-device copy
         return {"loss": total, "loss_seg": loss_seg.detach(), "loss_unlabelled": loss_u.detach(),
                 **{k: v.detach() for k, v in log.items()}, "ema_momentum": momentum}
 

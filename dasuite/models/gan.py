@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dasuite.errors import DasuiteError
+
 
 def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
     """CycleGAN's ``normal`` init: conv / transposed-conv / linear weights ~ N(0, std), biases 0; affine norm
@@ -141,7 +143,7 @@ class ImagePool:
         if self.images is None:
             self.images = images.new_zeros((self.size, *images.shape[1:]), dtype=torch.float32)
         elif self.images.shape[1:] != images.shape[1:]:
-            raise ValueError(f"ImagePool holds images of shape {tuple(self.images.shape[1:])}, got "
+            raise DasuiteError(f"ImagePool holds images of shape {tuple(self.images.shape[1:])}, got "
                              f"{tuple(images.shape[1:])}: CycleGAN training crops must have one size")
         out = []
         for image in images.float():
