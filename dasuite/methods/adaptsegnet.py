@@ -17,7 +17,8 @@ Each step, with labelled ``source`` (s) and unlabelled ``target`` (t) batches an
 ``gan`` is BCE with logits (``vanilla``) or MSE (``lsgan``), see ``dasuite.losses.gan``. AdaptSegNet labels source 0
 and target 1; dasuite uses source = real = 1, which is the same objective with the labels swapped (both losses are
 symmetric under it). One ``OutputSpaceDiscriminator`` per level with its own Adam and poly schedule
-(``dasuite.methods.adversary``: one backward, D stepped in ``on_step_end``). With ``levels: [main]`` this is the
+(``dasuite.methods.adversary``: one backward, D stepped in ``on_step_end``). The per-level adversarial part lives in
+``dasuite.methods.output_adversarial`` (``OutputAdversary``), shared with ``mean_teacher``'s ``adversarial:`` block. With ``levels: [main]`` this is the
 single-level model (the notes' "seg loss + adversarial loss on predictions"; AdaptSegNet's single-level variant).
 
 ``target_bn``: ``train`` (AdaptSegNet) runs the target batch through BatchNorm in train mode, so target batches
@@ -40,10 +41,9 @@ from torch import nn
 
 from dasuite.errors import ConfigError
 from dasuite.losses import seg_loss
-from dasuite.losses.segmentation import upsample_to
-from dasuite.methods.adversary import Adversary, AdversaryOptimConfig
+from dasuite.methods.adversary import AdversaryOptimConfig
 from dasuite.methods.base import METHODS, Batch, Method
-from dasuite.models.discriminator import OutputSpaceDiscriminator
+from dasuite.methods.output_adversarial import OutputAdversary, output_probabilities
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
@@ -113,9 +113,8 @@ class AdaptSegNet(Method):
                 f"{cfg.model.options}) does not produce: use a multi-level DeepLabV2 (model.arch=deeplabv2_r101, "
                 f"model.options.multi_level=true) or set method.levels=[main]"
             )
-        discriminators = {lvl: OutputSpaceDiscriminator(num_classes, self.options.ndf) for lvl in self.levels}
-        self.adversary = Adversary(discriminators, self.options.objective, self.options.discriminator,
-                                   cfg.train.max_iters)
+        self.adversary = OutputAdversary(num_classes, self.levels, self.options.objective, self.options.ndf,
+                                         self.options.discriminator, cfg.train.max_iters)
 
     def setup(self, accelerator: "Accelerator") -> None:
         super().setup(accelerator)
@@ -128,14 +127,11 @@ class AdaptSegNet(Method):
         logits, features = self.model(images, return_features=True)
         return {"main": logits, "aux": features["aux_logits"]}
 
-    @staticmethod
-    def probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``softmax(upsample(logits, size))`` over classes, float32, B x K x H x W."""
-        return upsample_to(logits.float(), size).softmax(1)
+    probabilities = staticmethod(output_probabilities)
 
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         source, target = batches["source"], batches["target"]
-        opts, adversary = self.options, self.adversary
+        opts = self.options
         src = self.predict(source["image"])
         with batchnorm_eval(self.model, opts.target_bn == "eval"):
             tgt = self.predict(target["image"])
@@ -147,18 +143,10 @@ class AdaptSegNet(Method):
             loss_aux = seg_loss(src["aux"], source["label"])
             total = total + opts.seg_weight_aux * loss_aux
             out["loss_seg_aux"] = loss_aux.detach()
-        for lvl in self.levels:
-            p_src = self.probabilities(src[lvl], source["image"].shape[-2:])
-            p_tgt = self.probabilities(tgt[lvl], target["image"].shape[-2:])
-            loss_adv = adversary.generator_loss(lvl, p_tgt, real=True)
-            loss_d = 0.5 * (adversary.discriminator_loss(lvl, p_src, real=True)
-                            + adversary.discriminator_loss(lvl, p_tgt, real=False))
-            total = total + getattr(opts.adv_weight, lvl) * loss_adv + loss_d
-            out[f"loss_adv_{lvl}"] = loss_adv.detach()
-            out[f"loss_d_{lvl}"] = loss_d.detach()
-            out[f"d_{lvl}_source"] = adversary.verdicts[f"{lvl}_real"]
-            out[f"d_{lvl}_target"] = adversary.verdicts[f"{lvl}_fake"]
-        return {"loss": total, **out, **adversary.lrs()}
+        weights = {lvl: getattr(opts.adv_weight, lvl) for lvl in self.levels}
+        total, adv = self.adversary.add_losses(total, src, tgt, source["image"].shape[-2:], target["image"].shape[-2:],
+                                               weights)
+        return {"loss": total, **out, **adv}
 
     def on_step_end(self, step: int) -> None:
         self.adversary.step()

@@ -13,12 +13,17 @@ Each step, with labelled ``source`` and unlabelled ``target`` batches (both alre
    source pixels and on target pixels ``w_p = [c_p >= threshold]`` (``confidence: ignore``), ``q`` (``weight``:
    DACS's scalar, the fraction of the batch's target pixels with ``c >= threshold``), or ``q [c_p >= threshold]``
    (``both``); pixels labelled 255 count 0. Dividing by all pixels (not the kept ones) follows DACS and UniMatch.
-   ``loss = loss_seg + unlabelled_weight * loss_unlabelled``.
+   ``loss = loss_seg + unlabelled_weight * loss_unlabelled``;
+5. optional ``adversarial:`` block (notes S11, "seg loss + adversarial loss on predictions" + CutMix / FixMatch):
+   AdaptSegNet's single-level output-space term on the student's predictions of the weak target images (one more
+   student forward, after the mixing draws) with the source logits of step 4 as D's "real" maps, adding
+   ``weight * loss_adv_main + loss_d_main`` (``dasuite.methods.output_adversarial``); D steps in ``on_step_end``.
 
 After every optimizer step the teacher moves towards the student (``on_step_end``). Logged besides the losses:
-``pseudo_confidence`` (mean ``c``), ``pseudo_kept`` (fraction ``c >= threshold``), ``ema_momentum``.
+``pseudo_confidence`` (mean ``c``), ``pseudo_kept`` (fraction ``c >= threshold``), ``ema_momentum``; with
+``adversarial``: ``loss_adv_main``, ``loss_d_main``, ``d_main_source``, ``d_main_target``, ``lr_d_main``.
 Evaluation uses the student unless ``eval_teacher: true`` (DAFormer evaluates the student). The teacher's weights
-and update count are in ``state_dict``; mixing draws from torch's global RNG, which the engine checkpoints.
+and update count (and the discriminator, its Adam and schedule) are in ``state_dict``; mixing draws from torch's global RNG, which the engine checkpoints.
 See docs/self_training.md.
 """
 
@@ -38,6 +43,7 @@ from dasuite.errors import DasuiteError
 from dasuite.losses import seg_loss
 from dasuite.losses.segmentation import upsample_to
 from dasuite.methods.base import METHODS, Batch, Method
+from dasuite.methods.output_adversarial import OutputAdversarialConfig, OutputAdversary
 from dasuite.models.ema import EMATeacher
 from dasuite.schema_base import Section
 
@@ -84,6 +90,7 @@ class MeanTeacherConfig(Section):
     unlabelled_weight: float = Field(1.0, ge=0)
     strong: StrongConfig = Field(default_factory=_dacs_strong)
     eval_teacher: bool = False
+    adversarial: Optional[OutputAdversarialConfig] = None
 
 
 def confidence_weights(confidence: torch.Tensor, threshold: float, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,11 +124,15 @@ class MeanTeacher(Method):
         self.ema: Optional[EMATeacher] = None
         self.strong = DeviceAugment(AugmentConfig(strong=self.options.strong))
         self.unlabelled_enabled = True  # tests switch the unlabelled term off to show that it reaches the gradient
+        adv = self.options.adversarial
+        self.adversary = None if adv is None else OutputAdversary.from_config(adv, num_classes, cfg.train.max_iters)
 
     def setup(self, accelerator: "Accelerator") -> None:
         super().setup(accelerator)
         student = accelerator.unwrap_model(self.model)
         self.ema = EMATeacher(student, self.options.momentum, self.options.momentum_ramp)
+        if self.adversary is not None:
+            self.adversary.prepare(accelerator)
 
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,22 +168,38 @@ class MeanTeacher(Method):
 
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         source, target = batches["source"], batches["target"]
-        loss_seg = seg_loss(self.model(source["image"]), source["label"])
+        source_logits = self.model(source["image"])
+        loss_seg = seg_loss(source_logits, source["label"])
         images, labels, weights, log = self.unlabelled_batch(source, target)
         loss_u = weighted_ce(self.model(images), labels, weights)
         total = loss_seg + self.options.unlabelled_weight * loss_u if self.unlabelled_enabled else loss_seg
+        adv: dict[str, torch.Tensor] = {}
+        if self.adversary is not None:  # step 5: the student on the weak target images, source maps reused
+            total, adv = self.adversary.add_losses(
+                total, {"main": source_logits}, {"main": self.model(target["image"])}, source["image"].shape[-2:],
+                target["image"].shape[-2:], {"main": self.options.adversarial.weight})
         momentum = torch.full((), self.ema.current_momentum(), device=loss_seg.device)  # no host-to-device copy
         return {"loss": total, "loss_seg": loss_seg.detach(), "loss_unlabelled": loss_u.detach(),
-                **{k: v.detach() for k, v in log.items()}, "ema_momentum": momentum}
+                **{k: v.detach() for k, v in log.items()}, "ema_momentum": momentum, **adv}
 
     def on_step_end(self, step: int) -> None:
         self.ema.update(self.accelerator.unwrap_model(self.model))
+        if self.adversary is not None:
+            self.adversary.step()
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.options.eval_teacher else self.model
 
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.ema.state_dict()}
+        state = {"teacher": self.ema.state_dict()}
+        if self.adversary is not None:
+            state["adversary"] = self.adversary.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ema.load_state_dict(state["teacher"])
+        if self.adversary is not None:
+            if "adversary" not in state:
+                raise DasuiteError("the checkpoint has no method.adversarial state (it was trained without the "
+                                   "adversarial block): resume it without method.adversarial, or start a new run")
+            self.adversary.load_state_dict(state["adversary"])
