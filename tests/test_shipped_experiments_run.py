@@ -1,0 +1,114 @@
+"""The shipped GTA5 -> Cityscapes, flagship and pseudo-label experiments train and evaluate end to end on fake
+datasets in the real layouts.
+
+The GTA5 -> Cityscapes and Cityscapes pseudo-label files cannot run here on their datasets, so the wiring is checked
+on tiny stand-ins: a GTA5 tree (palette PNG labels), a Cityscapes tree (labelIds + labelTrainIds), a translated
+GTA5 image folder (``cycle_gta5``, as ``dasuite translate`` writes it) and a pseudo-labelled Cityscapes folder (as
+``dasuite pseudo-label`` writes it). Each file runs exactly as shipped (its datasets, resolutions, crops, mixes,
+method options) except: tiny model, no pretrained weights, 2 iterations, no loader workers, and for CycleGAN narrow
+networks. A file whose dataset, model or method settings do not fit together fails here rather than on a GPU node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dasuite.config import load_config
+from dasuite.engine.loop import train
+from tests.conftest import ROOT
+from tests.test_data_cityscapes import write_frame
+from tests.test_data_gta5 import write_pair
+
+CITYSCAPES_CLASSES = 19
+# labelIds that map to Cityscapes train ids (road 7, sidewalk 8, building 11, vegetation 21, sky 23, car 26) and
+# one that does not (0, unlabelled): a 36 x 64 label map of horizontal bands
+BANDS = np.repeat(np.array([23, 11, 21, 26, 8, 7, 0, 7, 8], np.uint8), 4)[:, None].repeat(64, 1)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``$DASUITE_DATA`` with gta5/, cityscapes/, cycle_gta5/ and pseudo/cityscapes_train/ (3 or 2 images each)."""
+    root = tmp_path_factory.mktemp("dasuite_data")
+    for i in range(3):
+        ids = np.roll(BANDS, 4 * i, axis=0)
+        write_pair(root / "gta5", f"{i:05d}", ids)  # 64 x 36 (16:9)
+        translated = np.full((36, 64, 3), 40 + 60 * i, np.uint8)
+        Image.fromarray(translated).save(_mkdir(root / "cycle_gta5") / f"{i:05d}.png")
+    for split, city in (("train", "aachen"), ("train", "bremen"), ("val", "lindau")):
+        write_frame(root / "cityscapes", split, city, f"{city}_000000_000019", np.roll(BANDS, 8, axis=0))
+    pseudo = root / "pseudo" / "cityscapes_train"
+    for i, stem in enumerate(("aachen_000000_000019", "bremen_000000_000019")):
+        (_mkdir(pseudo / "images") / f"{stem}.png").write_bytes(
+            (root / "cityscapes" / "leftImg8bit" / "train" / stem.split("_")[0] / f"{stem}_leftImg8bit.png")
+            .read_bytes())
+        train_ids = np.full((36, 64), 255, np.uint8)
+        train_ids[: 12 + 6 * i] = 10  # sky, the rest ignored (low confidence)
+        Image.fromarray(train_ids, mode="L").save(_mkdir(pseudo / "labels") / f"{stem}.png")
+    return root
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+SEGMENTATION = [
+    "cutmix_pseudo.yaml",
+    "gta5_to_cityscapes/adaptsegnet_multi_lsgan.yaml",
+    "gta5_to_cityscapes/adaptsegnet_single.yaml",
+    "gta5_to_cityscapes/single_adv_cutmix.yaml",
+    "gta5_to_cityscapes/source_only_gta.yaml",
+    "gta5_to_cityscapes/source_only_gta_citys.yaml",
+    "gta5_to_cityscapes/source_only_gta_fda.yaml",
+    "gta5_to_cityscapes/source_only_cyclegta.yaml",
+    "gta5_to_cityscapes/source_only_cyclegta_gta.yaml",
+    "gta5_to_cityscapes/source_only_cyclegta_citys.yaml",
+    "gta5_to_cityscapes/source_only_cyclegta_gta_citys.yaml",
+    "cityscapes/pseudo_label_finetune.yaml",
+    "cityscapes/pseudo_label_mix_scratch.yaml",
+]
+COMMON = ["model.tiny=true", "model.pretrained=null", "train.max_iters=2", "train.eval_interval=2",
+          "train.checkpoint_interval=2", "train.log_interval=1", "schedule.warmup_iters=0", "data.num_workers=0",
+          "log.progress_bar=false", "log.num_vis_images=1"]
+
+
+def run_shipped(name: str, data_root: Path, tmp_path: Path, monkeypatch, *overrides: str) -> Path:
+    monkeypatch.setenv("DASUITE_DATA", str(data_root))
+    cfg = load_config(ROOT / "experiments" / name, [f"work_dir={tmp_path / 'runs'}", *overrides])
+    train(cfg)
+    return tmp_path / "runs" / cfg.name / "seed0"
+
+
+@pytest.mark.parametrize("name", SEGMENTATION)
+def test_shipped_segmentation_experiment_trains_and_evaluates(name, data_root, tmp_path, monkeypatch):
+    run = run_shipped(name, data_root, tmp_path, monkeypatch, *COMMON)
+    summary = json.loads((run / "summary.json").read_text())
+    final = summary["final"]
+    assert final["iteration"] == 2 and final["num_images"] == 1  # the one Cityscapes val frame
+    assert len(final["iou"]) == CITYSCAPES_CLASSES and math.isfinite(final["mIoU"])
+    assert summary["eval_model"] == "student"
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_shipped_cyclegan_experiment_trains_and_translates(data_root, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dasuite.cli import main
+
+    run = run_shipped("gta5_to_cityscapes/cyclegan_gta2city.yaml", data_root, tmp_path, monkeypatch, *COMMON,
+                      "method.ngf=8", "method.n_blocks=1", "method.ndf=8", "method.vis_interval=1")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_model"] is None and (run / "checkpoints" / "last.pt").is_file()
+    out = tmp_path / "cycle_gta5"
+    args = ["translate", "--run", str(run), "--out", str(out), "--num-workers", "0", "--writers", "0"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in out.rglob("*.png"))
+    assert written == ["00000.png", "00001.png", "00002.png"]
+    assert Image.open(out / "00000.png").size == (64, 36)  # the parent's full resolution
