@@ -23,6 +23,7 @@ from dasuite.config import load_config
 from dasuite.engine.loop import train
 from tests.conftest import ROOT
 from tests.test_data_cityscapes import write_frame
+from tests.test_data_folder_hf import save_label, save_rgb
 from tests.test_data_gta5 import write_pair
 
 CITYSCAPES_CLASSES = 19
@@ -38,41 +39,26 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(3):
         ids = np.roll(BANDS, 4 * i, axis=0)
         write_pair(root / "gta5", f"{i:05d}", ids)  # 64 x 36 (16:9)
-        translated = np.full((36, 64, 3), 40 + 60 * i, np.uint8)
-        Image.fromarray(translated).save(_mkdir(root / "cycle_gta5") / f"{i:05d}.png")
+        save_rgb(root / "cycle_gta5" / f"{i:05d}.png", 40 + 60 * i, shape=(36, 64))
     for split, city in (("train", "aachen"), ("train", "bremen"), ("val", "lindau")):
         write_frame(root / "cityscapes", split, city, f"{city}_000000_000019", np.roll(BANDS, 8, axis=0))
     pseudo = root / "pseudo" / "cityscapes_train"
     for i, stem in enumerate(("aachen_000000_000019", "bremen_000000_000019")):
-        (_mkdir(pseudo / "images") / f"{stem}.png").write_bytes(
-            (root / "cityscapes" / "leftImg8bit" / "train" / stem.split("_")[0] / f"{stem}_leftImg8bit.png")
-            .read_bytes())
+        save_rgb(pseudo / "images" / f"{stem}.png", 100 + 50 * i, shape=(36, 64))
         train_ids = np.full((36, 64), 255, np.uint8)
         train_ids[: 12 + 6 * i] = 10  # sky, the rest ignored (low confidence)
-        Image.fromarray(train_ids, mode="L").save(_mkdir(pseudo / "labels") / f"{stem}.png")
+        save_label(pseudo / "labels" / f"{stem}.png", train_ids)
     return root
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-SEGMENTATION = [
-    "cutmix_pseudo.yaml",
-    "gta5_to_cityscapes/adaptsegnet_multi_lsgan.yaml",
-    "gta5_to_cityscapes/adaptsegnet_single.yaml",
-    "gta5_to_cityscapes/single_adv_cutmix.yaml",
-    "gta5_to_cityscapes/source_only_gta.yaml",
-    "gta5_to_cityscapes/source_only_gta_citys.yaml",
-    "gta5_to_cityscapes/source_only_gta_fda.yaml",
-    "gta5_to_cityscapes/source_only_cyclegta.yaml",
-    "gta5_to_cityscapes/source_only_cyclegta_gta.yaml",
-    "gta5_to_cityscapes/source_only_cyclegta_citys.yaml",
-    "gta5_to_cityscapes/source_only_cyclegta_gta_citys.yaml",
-    "cityscapes/pseudo_label_finetune.yaml",
-    "cityscapes/pseudo_label_mix_scratch.yaml",
-]
+CYCLEGAN = "gta5_to_cityscapes/cyclegan_gta2city.yaml"
+# every GTA5 -> Cityscapes file (a new one is covered without editing this list), the flagship, the pseudo-label files
+EXPERIMENTS = ROOT / "experiments"
+SEGMENTATION = sorted(
+    name for name in (str(p.relative_to(EXPERIMENTS)) for p in [
+        *(EXPERIMENTS / "gta5_to_cityscapes").glob("*.yaml"), EXPERIMENTS / "cutmix_pseudo.yaml",
+        *(EXPERIMENTS / "cityscapes").glob("pseudo_label_*.yaml")])
+    if name != CYCLEGAN)
 COMMON = ["model.tiny=true", "model.pretrained=null", "train.max_iters=2", "train.eval_interval=2",
           "train.checkpoint_interval=2", "train.log_interval=1", "schedule.warmup_iters=0", "data.num_workers=0",
           "log.progress_bar=false", "log.num_vis_images=1"]
@@ -80,7 +66,7 @@ COMMON = ["model.tiny=true", "model.pretrained=null", "train.max_iters=2", "trai
 
 def run_shipped(name: str, data_root: Path, tmp_path: Path, monkeypatch, *overrides: str) -> Path:
     monkeypatch.setenv("DASUITE_DATA", str(data_root))
-    cfg = load_config(ROOT / "experiments" / name, [f"work_dir={tmp_path / 'runs'}", *overrides])
+    cfg = load_config(EXPERIMENTS / name, [f"work_dir={tmp_path / 'runs'}", *overrides])
     train(cfg)
     return tmp_path / "runs" / cfg.name / "seed0"
 
@@ -101,7 +87,7 @@ def test_shipped_cyclegan_experiment_trains_and_translates(data_root, tmp_path, 
 
     from dasuite.cli import main
 
-    run = run_shipped("gta5_to_cityscapes/cyclegan_gta2city.yaml", data_root, tmp_path, monkeypatch, *COMMON,
+    run = run_shipped(CYCLEGAN, data_root, tmp_path, monkeypatch, *COMMON,
                       "method.ngf=8", "method.n_blocks=1", "method.ndf=8", "method.vis_interval=1")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["eval_model"] is None and (run / "checkpoints" / "last.pt").is_file()
