@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from dasuite.data.labels import IGNORE_INDEX
+from dasuite.constants import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -25,7 +25,6 @@ from typing import Any, Optional
 
 import torch
 import yaml
-from accelerate import Accelerator
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -34,12 +33,14 @@ from dasuite.data import build_dataset
 from dasuite.data.augment import normalize
 from dasuite.data.labels import IGNORE_INDEX
 from dasuite.data.training import build_training_data
-from dasuite.engine.checkpoint import _atomic, load_torch, load_weights, save_torch, write_json
+from dasuite.engine.accelerator import make_accelerator
 from dasuite.engine.evaluate import save_prediction_png
 from dasuite.errors import DasuiteError
+from dasuite.fileio import atomic_write, atomic_write_text, load_torch, load_weights, save_torch, write_json
 from dasuite.losses.segmentation import upsample_to
 from dasuite.metrics import compute_metrics
 from dasuite.models import create_model
+from dasuite.models.weights import load_state
 
 SWEEP_BINS = 20  # thresholds 0, 0.05, ..., 0.95
 HIST_BINS = 1000  # confidence histogram per class for percentile thresholds
@@ -71,10 +72,7 @@ def load_network(cfg: ExperimentConfig, checkpoint: Path, num_classes: int, teac
                                f"--checkpoint last)")
     else:
         weights = load_weights(checkpoint)
-    result = model.load_state_dict(weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise DasuiteError(f"{checkpoint}: weights do not match model {cfg.model.arch!r} "
-                           f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
+    load_state(model, weights, f"checkpoint {checkpoint} for model {cfg.model.arch!r}")
     return model.eval()
 
 
@@ -91,7 +89,7 @@ def role_dataset(cfg: ExperimentConfig, role: str) -> torch.utils.data.Dataset:
 
 def _save_png(array: torch.Tensor, path: Path) -> None:
     data = array.cpu().numpy()
-    _atomic(path, lambda tmp: Image.fromarray(data).save(tmp, format="PNG"))
+    atomic_write(path, lambda f: Image.fromarray(data).save(f, format="PNG"))
 
 
 class _Progress:
@@ -119,7 +117,7 @@ class _Progress:
                     "matrix": self.matrix.cpu()}, self.path)
 
 
-def _predict(model, item: dict, device: torch.device, accelerator: Accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(model, item: dict, device: torch.device, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
     image = item["image"].to(device).unsqueeze(0)
     label = item.get("label")
     size = tuple(label.shape[-2:]) if label is not None else tuple(image.shape[-2:])
@@ -161,7 +159,7 @@ def pseudo_label(cfg: ExperimentConfig, checkpoint: Path, role: str, out: Path, 
     dataset = role_dataset(cfg, role)
     classes = dataset.classes
     k = classes.num_classes
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision)
     device = accelerator.device
     model = load_network(cfg, Path(checkpoint), k, teacher).to(device)
     out = Path(out)
@@ -205,8 +203,7 @@ def pseudo_label(cfg: ExperimentConfig, checkpoint: Path, role: str, out: Path, 
     state.save()
     manifest = _manifest(state, cfg, role, out, classes, save_confidence, save_images)
     write_json(manifest, out / "manifest.json")
-    _atomic(out / "folder_dataset.yaml",
-            lambda tmp: Path(tmp).write_text(yaml.safe_dump(manifest["folder_dataset"], sort_keys=False)))
+    atomic_write_text(out / "folder_dataset.yaml", yaml.safe_dump(manifest["folder_dataset"], sort_keys=False))
     return manifest
 
 

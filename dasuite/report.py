@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import click
 import yaml
 
 from dasuite.errors import DasuiteError
 from dasuite.stats import Comparison, Replicates, Summary, replicate_stats, welch
 from dasuite.tables import FORMATS, _check_result, _render
 
-__all__ = ["Report", "RunRecord", "build_report", "collect_runs", "format_report", "report_command"]
+__all__ = ["Report", "RunRecord", "build_report", "collect_runs", "format_report"]
 
 METRICS = ("mIoU", "mAcc", "aAcc")
 SPLITS = ("test", "best", "final")
@@ -367,43 +366,3 @@ def format_report(report: Report, fmt: str = "table", per_class: bool = False) -
         grid = _render(header, sections, fmt)
         blocks.append(grid if fmt == "csv" else f"**{title}**\n\n{grid}" if fmt == "markdown" else f"{title}\n{grid}")
     return "\n\n".join(blocks)
-
-
-# ------------------------------------------------------------------------------------------------------------ CLI
-@click.command("report", context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
-               epilog="""Examples:\n
-  dasuite report runs/\n
-  dasuite report 'runs/camvid_*' --group-by model.arch --baseline segformer_b0 --format markdown\n
-  dasuite report runs/toy_source_only runs/toy_target_oracle --baseline toy_source_only --per-class""")
-@click.argument("paths", nargs=-1)
-@click.option("--split", type=click.Choice(SPLITS),
-              help="Result of each run to use  [default: test when the run has it, else best]")
-@click.option("--group-by", default="experiment",
-              help="experiment | method | arch | a dotted config key (e.g. optim.lr).")
-@click.option("--baseline", help="Compare every other group with this group (difference, Welch CI and p-value).")
-@click.option("--per-class", is_flag=True, help="Add per-class IoU columns and statistics.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table")
-@click.option("--confidence", type=float, default=0.95, help="Confidence level of the intervals.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to this file.")
-def report_command(**options: Any) -> None:
-    """Summarise runs (PATHS: run directories, parent directories or glob patterns): per-run results, per-group
-    mean, std and confidence interval, and differences to a baseline group."""
-    from dasuite.cli import friendly_errors  # imported here: dasuite.cli registers this command
-
-    friendly_errors(_report)(**options)
-
-
-def _report(paths: tuple[str, ...], split: str | None, group_by: str, baseline: str | None, per_class: bool,
-            fmt: str, confidence: float, output: Path | None) -> None:
-    report = build_report(collect_runs(paths), split=split, group_by=group_by, baseline=baseline,
-                          confidence=confidence)
-    for warning in report.warnings:
-        click.echo(f"Warning: {warning}", err=True)
-    text = format_report(report, fmt, per_class)
-    if output is None:
-        return click.echo(text)
-    try:
-        output.write_text(text + "\n")
-    except OSError as err:
-        raise DasuiteError(f"cannot write the report to {output}: {err}") from err
-    click.echo(f"wrote {output}", err=True)

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy import stats as sps
+
+from dasuite.lazy import lazy_import
+
+sps = lazy_import("scipy.stats")  # loaded by the first statistic, not by `dasuite --help`
 
 __all__ = ["Comparison", "Replicates", "Summary", "mean_or_none", "replicate_stats", "summarize", "welch"]
 

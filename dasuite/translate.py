@@ -16,7 +16,9 @@ One device process; decoding in loader workers; PNG encoding in writer processes
 encodes to memory, so threads would not run in parallel).
 
 Files and resume. Every file is encoded in memory, hashed (sha256), written to a temp file in its folder and
-renamed over the target (``os.replace``), so a killed run never leaves a partial file under the final name.
+renamed over the target (``dasuite.fileio.atomic_write``), so a killed run never leaves a partial file under the
+final name; the temp files of a killed run are removed by the next one. Decoding and writer processes die with this
+process (``dasuite.procs``), and a Ctrl-C stops them with one message.
 ``translate_manifest.json`` (also atomic; rewritten every ``FLUSH_SECONDS`` and at the end) holds the settings,
 the checkpoint's sha256 and one sha256 per finished file. A rerun skips items whose files match the manifest's
 hashes (and files absent from the manifest that decode at the expected size, i.e. written just before a kill,
@@ -37,11 +39,10 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 from torch import nn
@@ -56,11 +57,16 @@ from dasuite.data.io import image_size
 from dasuite.data.pairs import PairDataset
 from dasuite.data.toy import ToyDataset
 from dasuite.data.translated import TranslatedConfig
-from dasuite.engine.checkpoint import _atomic, load_weights, write_json
-from dasuite.engine.rundir import RunDir
+from dasuite.engine.accelerator import make_accelerator
 from dasuite.errors import DasuiteError
+from dasuite.fileio import atomic_write, load_weights, remove_stale_temps, write_json
 from dasuite.methods.cyclegan import build_generators
 from dasuite.models.tiling import Tiling, pad_to_multiple, run_tiled
+from dasuite.procs import worker_init
+from dasuite.rundir import RunDir
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 DIRECTIONS = ("source_to_target", "target_to_source")
 MANIFEST = "translate_manifest.json"
@@ -214,7 +220,7 @@ def write_png(array: np.ndarray, path: Path) -> str:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", compress_level=PNG_LEVEL)
     data = buffer.getvalue()
-    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write(path, lambda f: f.write(data))
     return hashlib.sha256(data).hexdigest()
 
 
@@ -245,13 +251,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Temp files a killed run left: ``.<name>.png.<random>.tmp`` (engine.checkpoint._atomic) and the manifest's."""
-    for tmp in [*out.rglob(".*.png.*.tmp"), *out.glob(f".{MANIFEST}.*.tmp")]:
-        if tmp.is_file():
-            tmp.unlink()
 
 
 # --------------------------------------------------------------------------------------------------- driver
@@ -298,7 +297,7 @@ def translate_dataset(generator: nn.Module, entry: DatasetConfig, out: Path, pro
                       options: Options = Options()) -> dict:
     """Write ``entry``'s images translated by ``generator`` to ``out`` (module docstring); returns the manifest.
     ``provenance``: run, checkpoint, checkpoint_sha256 and direction, stored in (and compared with) the manifest."""
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     if accelerator.num_processes > 1:
         raise DasuiteError("translate runs in one process (one device): start it without accelerate launch")
     out = Path(out)
@@ -310,7 +309,7 @@ def translate_dataset(generator: nn.Module, entry: DatasetConfig, out: Path, pro
                 "tile": {"tile": tiling.tile, "overlap": tiling.overlap, "max_side": tiling.max_side}}
     previous, trust_unlisted = _previous_files(out / MANIFEST, identity, options.overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out)
+    remove_stale_temps(out, recursive=True)
     state = _Output(out, items, {"dasuite_version": dasuite.__version__, **provenance, **identity,
                                  "output": dataset_entry["name"], "dataset_entry": dataset_entry,
                                  "unlisted_files_trusted": trust_unlisted})
@@ -326,7 +325,7 @@ def translate_dataset(generator: nn.Module, entry: DatasetConfig, out: Path, pro
                 state.record(j, shas)
     todo = [j for j in range(len(items)) if j not in state.done]
     state.save()  # the settings are on disk before any file is written
-    with ProcessPoolExecutor(options.writers) if options.writers else ThreadPoolExecutor(1) as pool:
+    with ProcessPoolExecutor(options.writers, initializer=worker_init) if options.writers else ThreadPoolExecutor(1) as pool:
         _translate_todo(generator.to(accelerator.device).eval(), dataset, todo, state, pool, accelerator, options)
     state.manifest["last_pass"] = {"written": len(todo), "skipped": len(items) - len(todo), "verified": options.verify}
     return state.save()
@@ -339,7 +338,8 @@ def _translate_todo(generator: nn.Module, dataset: SegDataset, todo: list[int], 
     items, device = state.items, accelerator.device
     loader = torch.utils.data.DataLoader(
         _Inputs(dataset, items), batch_sampler=size_batches(items, todo, options.batch_size),
-        num_workers=options.num_workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+        num_workers=options.num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+        worker_init_fn=worker_init if options.num_workers else None)
     bar = tqdm(total=len(todo), desc="translate", unit="img", disable=not options.progress)
     pending: deque = deque()  # (position, future of the item's file hashes), in submission order
     last_save = time.monotonic()

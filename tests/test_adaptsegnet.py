@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 
-from dasuite.engine.checkpoint import load_torch
 from dasuite.engine.loop import Trainer, train
-from dasuite.engine.rundir import RunDir
 from dasuite.errors import ConfigError
+from dasuite.fileio import load_torch
 from dasuite.losses import seg_loss
 from dasuite.losses.gan import gan_loss
 from dasuite.methods import adaptsegnet
 from dasuite.methods.adaptsegnet import AdaptSegNet, AdaptSegNetConfig, batchnorm_eval
+from dasuite.rundir import RunDir
 from tests.conftest import tiny_toy_config, train_interrupted
 
 TARGET = ["data.target.size=[64,48]", "data.target.num_images=16", "data.target.augment.crop=[48,48]"]
@@ -102,7 +102,7 @@ def test_one_engine_iteration_alternates_segmenter_and_discriminator(tmp_path):
         image = batches[role]["image"]
         logits, feats = model(image, return_features=True)
         for level, out in (("main", logits), ("aux", feats["aux_logits"])):
-            probs = AdaptSegNet.probabilities(out.detach(), image.shape[-2:])
+            probs = AdaptSegNet.maps(out.detach(), image.shape[-2:])
             loss = loss + 0.5 * gan_loss(discriminators[level](probs), real, "vanilla")
     loss.backward()
     torch.optim.Adam(discriminators.parameters(), lr=1e-4, betas=(0.9, 0.99)).step()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dasuite.cli import main
-from dasuite.engine.rundir import RunDir
+from dasuite.rundir import RunDir
 from tests.conftest import ROOT
 
 TOY = str(ROOT / "experiments" / "toy" / "source_only.yaml")
@@ -104,7 +104,7 @@ def test_data_check_fails_on_missing_root(tmp_path):
 
 
 def test_fold_option_reaches_mix_members():
-    from dasuite.cli import _with_fold
+    from dasuite.config.sweep import with_fold as _with_fold
     from dasuite.config import load_config
 
     cfg = load_config(ROOT / "experiments" / "camvid" / "segformer_b0.yaml",

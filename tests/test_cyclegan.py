@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from dasuite.config import load_config
-from dasuite.engine.checkpoint import load_torch, save_weights
 from dasuite.engine.loop import Trainer, train
-from dasuite.engine.rundir import RunDir
 from dasuite.errors import DasuiteError
+from dasuite.fileio import load_torch, save_weights
 from dasuite.methods import cyclegan
 from dasuite.methods.cyclegan import CycleGANConfig, build_generators, from_tanh_range, to_tanh_range
 from dasuite.models import create_model
+from dasuite.models.gan import PatchDiscriminator
+from dasuite.rundir import RunDir
 from tests.conftest import ROOT, tiny_toy_config
 
 TINY = ["data.val=null", "data.test=null", "data.target.size=[64,48]", "data.target.num_images=16",
@@ -36,7 +37,7 @@ def test_defaults_are_cyclegans():
     assert sorted(g) == ["source_to_target", "target_to_source"]
     # the reference implementation's printed sizes: resnet_9blocks 11.378 M, basic PatchGAN 2.765 M parameters
     assert sum(p.numel() for p in g["source_to_target"].parameters()) == 11_378_179
-    d_net = cyclegan.PatchDiscriminator(3, 64, 3)
+    d_net = PatchDiscriminator(3, 64, 3)
     assert sum(p.numel() for p in d_net.parameters()) == 2_764_737
 
 

@@ -7,13 +7,13 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from dasuite.config import load_config
-from dasuite.engine.checkpoint import load_torch
 from dasuite.engine.loop import Trainer, train
-from dasuite.engine.rundir import RunDir
 from dasuite.errors import ConfigError, DasuiteError
+from dasuite.fileio import load_torch
 from dasuite.losses import seg_loss
 from dasuite.methods import distill
 from dasuite.models import create_model
+from dasuite.rundir import RunDir
 from tests.conftest import ROOT, tiny_toy_config, train_interrupted
 
 NUM_CLASSES = 19  # the toy dataset uses the Cityscapes class table

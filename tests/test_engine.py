@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from dasuite.engine.checkpoint import load_torch, save_torch
 from dasuite.engine.loop import Trainer, train
-from dasuite.engine.rundir import RunDir
 from dasuite.errors import DasuiteError
+from dasuite.fileio import load_torch, save_torch
 from dasuite.methods import source_only
+from dasuite.rundir import RunDir
 from tests.conftest import tiny_toy_config, train_interrupted
 
 

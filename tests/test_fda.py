@@ -8,11 +8,11 @@ from dasuite.config import load_config
 from dasuite.data.augment import denormalize_float, normalize
 from dasuite.data.fda import apply_fda, fda_amplitude_swap, fda_roles, fda_swap, low_freq_half_size, low_freq_mask
 from dasuite.engine import loop
-from dasuite.engine.checkpoint import load_torch
 from dasuite.engine.loop import Trainer, train
-from dasuite.engine.rundir import RunDir
 from dasuite.errors import ConfigError
+from dasuite.fileio import load_torch
 from dasuite.methods.source_only import SourceOnly
+from dasuite.rundir import RunDir
 from tests.conftest import ROOT, tiny_toy_config, train_interrupted
 
 TARGET = ["data.target.size=[64,48]", "data.target.num_images=8", "data.target.augment.crop=[48,48]"]

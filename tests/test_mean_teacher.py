@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from dasuite.data.mix import classmix_masks, mix
-from dasuite.engine.checkpoint import load_torch
 from dasuite.engine.loop import Trainer, train
-from dasuite.engine.rundir import RunDir
+from dasuite.fileio import load_torch
 from dasuite.methods import mean_teacher
 from dasuite.methods.mean_teacher import confidence_weights, weighted_ce
 from dasuite.models.ema import EMATeacher
+from dasuite.rundir import RunDir
 from tests.conftest import tiny_toy_config, train_interrupted
 
 TARGET = ["data.target.size=[64,48]", "data.target.num_images=16", "data.target.augment.crop=[48,48]"]
@@ -113,10 +113,10 @@ def test_unlabelled_loss_reaches_the_student_gradient(tmp_path, experiment):
     losses, with_u = _grads(method, batches, 0)
     assert losses["loss_unlabelled"] > 0 and losses["pseudo_kept"].item() == 1.0
     assert losses["loss"].item() == pytest.approx((losses["loss_seg"] + 2.0 * losses["loss_unlabelled"]).item())
-    method.unlabelled_enabled = False
+    method.options.unlabelled_weight = 0.0
     _, without = _grads(method, batches, 0)
     assert not torch.allclose(with_u, without)
-    method.unlabelled_enabled = True
+    method.options.unlabelled_weight = 2.0
     _, again = _grads(method, batches, 0)
     assert torch.allclose(with_u, again)  # same seed, same mask: the difference is the unlabelled term alone
 

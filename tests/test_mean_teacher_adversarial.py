@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from dasuite.config import load_config
-from dasuite.engine.checkpoint import load_torch
 from dasuite.engine.loop import Trainer, train
-from dasuite.engine.rundir import RunDir
 from dasuite.errors import ConfigError, DasuiteError
+from dasuite.fileio import load_torch
 from dasuite.losses.gan import gan_loss
 from dasuite.methods import mean_teacher
 from dasuite.methods.output_adversarial import OutputAdversarialConfig, OutputAdversary, output_probabilities
+from dasuite.rundir import RunDir
 from tests.conftest import ROOT, tiny_toy_config
 
 TARGET = ["data.target.size=[64,48]", "data.target.num_images=16", "data.target.augment.crop=[48,48]"]

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from dasuite.config.schema import OptimConfig, ScheduleConfig
-from dasuite.engine.optim import build_optimizer, build_scheduler, lr_factor
+from dasuite.engine.optim import build_optimizer
+from dasuite.schedule import build_scheduler, lr_factor
 
 
 class Net(nn.Module):

@@ -14,8 +14,8 @@ from dasuite.data import build_dataset
 from dasuite.data.folder import FolderConfig
 from dasuite.engine.evaluate_run import evaluate_checkpoint
 from dasuite.engine.loop import train
-from dasuite.engine.rundir import RunDir
 from dasuite.errors import DasuiteError
+from dasuite.rundir import RunDir
 from tests.conftest import tiny_toy_config
 
 

@@ -14,8 +14,9 @@ import yaml
 from click.testing import CliRunner
 from scipy import stats
 
+from dasuite.cli.report import command as report_command
 from dasuite.errors import DasuiteError
-from dasuite.report import build_report, collect_runs, format_report, report_command
+from dasuite.report import build_report, collect_runs, format_report
 
 CLASSES = ("road", "car", "sky")
 

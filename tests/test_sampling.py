@@ -26,10 +26,10 @@ from dasuite.data.sampling import (
     select_subset,
 )
 from dasuite.data.training import build_training_data
-from dasuite.engine.checkpoint import load_torch
 from dasuite.engine.loop import train
-from dasuite.engine.rundir import RunDir
 from dasuite.errors import DasuiteError
+from dasuite.fileio import load_torch
+from dasuite.rundir import RunDir
 from tests.conftest import ROOT, tiny_toy_config
 from tests.test_loaders import IndexDataset, take
 

@@ -16,13 +16,13 @@ from torch import nn
 
 from dasuite import translate as tr
 from dasuite.cli import main
+from dasuite.cli.translate import format_result
 from dasuite.config.load import dump_config, load_config
 from dasuite.data import FolderConfig, GTA5Config, ToyConfig, TranslatedConfig, build_dataset
 from dasuite.data.toy import render_toy
-from dasuite.engine.checkpoint import save_torch
 from dasuite.errors import DasuiteError
+from dasuite.fileio import save_torch
 from dasuite.models.tiling import AUTO_TILE, Tiling, run_tiled, tile_starts
-from dasuite.translate_cli import format_result
 from tests.conftest import ROOT, tiny_toy_config
 
 SIZES = {"00001": (22, 14), "00002": (16, 12), "00003": (22, 14), "00004": (22, 14), "00005": (16, 12)}  # (w, h)
@@ -283,7 +283,7 @@ def test_real_gta5_frame_full_resolution_tiled(shared_data, tmp_path):
 def cyclegan_run(tmp_path_factory) -> Path:
     """A real (tiny) toy cyclegan run: 2 iterations, ngf 4, one residual block, 48x32 toy scenes."""
     from dasuite.engine.loop import train
-    from dasuite.engine.rundir import RunDir
+    from dasuite.rundir import RunDir
 
     tmp = tmp_path_factory.mktemp("cyclegan")
     sizes = [f"data.{role}.{key}" for role in ("source", "target") for key in ("size=[48,32]", "num_images=3",

@@ -114,7 +114,8 @@ def run_engine(args) -> dict:
 def run_bare(args) -> dict:
     import torch
 
-    from dasuite.engine.optim import build_optimizer, build_scheduler
+    from dasuite.engine.optim import build_optimizer
+    from dasuite.schedule import build_scheduler
     from dasuite.losses import seg_loss
     from dasuite.models import create_model
 

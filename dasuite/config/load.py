@@ -1,6 +1,6 @@
 """Read an experiment YAML, apply ``a.b=c`` overrides, validate it, and write the resolved file.
 
-Override values are parsed with ``yaml.safe_load`` so ``100``, ``1e-3``, ``[240,180]``, ``null`` and ``true`` get
+Override values are parsed as YAML (``dasuite.fileio.parse_yaml``) so ``100``, ``1e-3``, ``[240,180]``, ``null`` and ``true`` get
 their natural types; list items are addressed by index (``data.source.resize.0=320``). Validation errors name the
 dotted key, the value and what was expected; an unknown key names the closest valid one.
 """
@@ -8,8 +8,6 @@ dotted key, the value and what was expected; an unknown key names the closest va
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -19,6 +17,11 @@ from pydantic import BaseModel, ValidationError
 
 from dasuite.config.schema import ExperimentConfig
 from dasuite.errors import ConfigError
+from dasuite.fileio import parse_yaml, read_yaml
+from dasuite.rundir import dump_config
+
+__all__ = ["apply_override", "dump_config", "flatten_config", "load_config", "parse_override", "read_yaml",
+           "validate_config"]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -28,7 +31,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} is not of the form key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({err})") from None
     return key.split("."), value
@@ -62,21 +65,6 @@ def _child(node: Any, part: str, path: list[str], create: bool) -> Any:
     if node.get(part) is None and create:
         node[part] = {}
     return node[part]
-
-
-def read_yaml(path: Path) -> dict:
-    """Load a YAML mapping; errors name the file."""
-    if not path.is_file():
-        raise ConfigError(f"experiment file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    return data
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = (), extra: Optional[dict] = None) -> ExperimentConfig:
@@ -115,8 +103,15 @@ def _describe(error: dict) -> str:
         return f"{key}: unknown key{hint} (valid keys here: {', '.join(valid)})"
     if kind == "missing":
         return f"{key}: required key is missing"
+    if kind == "quoted_number":
+        ctx = error["ctx"]
+        return f"{_dotted([*error['loc'], ctx['field']])}: got {ctx['value']!r} (str); expected {ctx['kind']}{ctx['hint']}"
     if kind == "union_tag_invalid":
-        return f"{key}: {error['msg']}"
+        ctx = error.get("ctx") or {}
+        tag, valid = str(ctx.get("tag", "")), [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        close = difflib.get_close_matches(tag, valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{key}.name: unknown name {tag!r}{hint} (valid: {', '.join(sorted(valid))})"
     value = error.get("input")
     return f"{key}: got {value!r} ({type(value).__name__}); {error['msg'][0].lower()}{error['msg'][1:]}"
 
@@ -169,24 +164,6 @@ def _valid_keys(model: Any, loc: list[Any]) -> list[str]:
             return []
         model = _unwrap(fields[part].annotation)
     return sorted(getattr(model, "model_fields", {}))
-
-
-def dump_config(cfg: ExperimentConfig) -> str:
-    """The resolved config as YAML (every key, defaults included)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def flatten_config(cfg: ExperimentConfig) -> dict[str, Any]:

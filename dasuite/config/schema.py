@@ -1,8 +1,10 @@
 """The typed experiment schema: every YAML experiment file is validated against ``ExperimentConfig``.
 
 Sections: ``data``, ``model``, ``method``, ``optim``, ``schedule``, ``train``, ``eval``, ``log``. Every section is
-strict (an unknown key is an error); defaults live here so an experiment file only states what differs.
-``docs/config.md`` describes every key.
+strict (an unknown key is an error); defaults live here so an experiment file only states what differs. The
+``method`` section and the dataset entries are unions of the config classes in the ``METHODS`` and ``DATASETS``
+registries, so a new method or dataset module extends the schema by registering itself. ``docs/config.md`` is
+generated from this schema (``python tools/config_reference.py``).
 """
 
 from __future__ import annotations
@@ -12,34 +14,20 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from dasuite.data.augment import AugmentConfig
-from dasuite.data.camvid import CamVidConfig
-from dasuite.data.cityscapes import CityscapesConfig
 from dasuite.data.fda import FDAConfig
-from dasuite.data.folder import FolderConfig
-from dasuite.data.gta5 import GTA5Config
-from dasuite.data.hf import HFConfig
 from dasuite.data.sampling import training_variants
-from dasuite.data.synthia import SynthiaConfig
-from dasuite.data.toy import ToyConfig
-from dasuite.data.translated import TranslatedConfig
-from dasuite.engine.schedule import ScheduleConfig  # defined there: method configs (adversary) use it too
-from dasuite.methods.adaptsegnet import AdaptSegNetConfig
-from dasuite.methods.cyclegan import CycleGANConfig
-from dasuite.methods.distill import DistillConfig
-from dasuite.methods.mean_teacher import MeanTeacherConfig
-from dasuite.methods.source_only import SourceOnlyConfig
+from dasuite.models.config import ModelConfig
+from dasuite.registry import DATASETS, METHODS
+from dasuite.schedule import ScheduleConfig
 from dasuite.schema_base import Section
 
+__all__ = ["DataConfig", "DatasetEntry", "EvalConfig", "ExperimentConfig", "LogConfig", "MethodSection", "MixConfig",
+           "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig"]
+
 # One entry per registered dataset; `name` selects the member (pydantic discriminated union).
-DatasetEntry = Annotated[
-    Union[ToyConfig, CamVidConfig, CityscapesConfig, GTA5Config, SynthiaConfig, FolderConfig, HFConfig,
-          TranslatedConfig],
-    Field(discriminator="name"),
-]
+DatasetEntry = Annotated[Union[tuple(DATASETS.configs().values())], Field(discriminator="name")]
 # One entry per registered method.
-MethodSection = Annotated[Union[SourceOnlyConfig, DistillConfig, MeanTeacherConfig, CycleGANConfig,
-                                AdaptSegNetConfig],
-                          Field(discriminator="name")]
+MethodSection = Annotated[Union[tuple(METHODS.configs().values())], Field(discriminator="name")]
 
 METRIC_NAMES = ("mIoU", "mAcc", "aAcc", "fwIoU")
 
@@ -120,15 +108,6 @@ class DataConfig(Section):
         return out
 
 
-class ModelConfig(Section):
-    """``arch`` is a registered model name (``dasuite list models``); ``options`` are passed to its factory."""
-
-    arch: str = "segformer_b0"
-    tiny: bool = False
-    pretrained: Optional[str] = None
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
 class OptimConfig(Section):
     """Optimizer and parameter groups. ``head_lr_mult`` multiplies the lr of the model's head parameters (SegFormer's
     recipe uses 10); ``norm_weight_decay`` applies to normalisation layers and position blocks (0 in that recipe)."""
@@ -185,7 +164,7 @@ class ExperimentConfig(Section):
     tag: Optional[str] = None
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: MethodSection = Field(default_factory=lambda: SourceOnlyConfig(name="source_only"))
+    method: MethodSection = Field(default_factory=lambda: METHODS.config("source_only")())
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from dasuite.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dasuite.config.schema import ExperimentConfig
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]")
@@ -68,3 +71,19 @@ def expand_sweeps(sweeps: Sequence[str]) -> list[tuple[list[str], str]]:
         prefix = "_".join(_UNSAFE.sub("-", f"{k.rsplit('.', 1)[-1]}={v}") for k, v in zip(keys, values))
         combos.append((overrides, prefix))
     return combos
+
+
+def with_fold(cfg: "ExperimentConfig", fold: int) -> "ExperimentConfig":
+    """``cfg`` with ``fold`` set on every dataset entry that has folds (mix members included)."""
+    from dasuite.config.load import validate_config
+
+    raw = cfg.model_dump(mode="json")
+    entries = [role for role, entry in cfg.data.entries().items() if "fold" in type(entry).model_fields]
+    if not entries:
+        raise ConfigError("--fold was given but no dataset in the experiment has folds")
+    for role in entries:  # role may be dotted for mix members, e.g. "source.mix.0"
+        node = raw["data"]
+        for part in role.split("."):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node["fold"] = fold
+    return validate_config(raw, source="--fold")

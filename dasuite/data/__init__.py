@@ -31,9 +31,9 @@ def build_dataset(cfg: DatasetConfig, default_resize: Optional[tuple[int, int]] 
     """Instantiate the dataset named by ``cfg.name``; the effective resize is ``cfg.resize`` or ``default_resize``
     (the experiment-wide ``data.resize``), as (width, height). With ``resize_labels=False`` (evaluation) only the
     images are resized and labels keep their stored resolution, so metrics are computed at full label resolution."""
-    cls = DATASETS.get(cfg.name)
-    if not isinstance(cfg, cls.config_class):
-        cfg = cls.config_class.model_validate(cfg.model_dump(exclude_unset=True))
+    cls, config_class = DATASETS.get(cfg.name), DATASETS.config(cfg.name)
+    if not isinstance(cfg, config_class):
+        cfg = config_class.model_validate(cfg.model_dump(exclude_unset=True))
     resize = cfg.resize if cfg.resize is not None else default_resize
     dataset = cls(cfg, tuple(resize) if resize is not None else None)
     dataset.resize_labels = resize_labels

@@ -21,22 +21,28 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, Optional
 
-import torch
-from kornia.augmentation.auto import AutoAugment, RandAugment
-from kornia.augmentation.auto.autoaugment.autoaugment import imagenet_policy
-from kornia.augmentation.auto.rand_augment.rand_augment import default_policy as randaugment_policy
-from kornia.color import rgb_to_grayscale
-from kornia.enhance import adjust_hue
-from kornia.filters import gaussian_blur2d
-from kornia.geometry.transform import warp_affine
-from torch import nn
+from typing import TYPE_CHECKING
+
 from pydantic import Field, field_validator
 
-from dasuite.data.labels import IGNORE_INDEX
+from dasuite.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from dasuite.lazy import lazy_import
 from dasuite.schema_base import Section
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+if TYPE_CHECKING:
+    from torch import nn
+
+torch = lazy_import("torch")
+kornia_auto = lazy_import("kornia.augmentation.auto")
+kornia_autoaugment = lazy_import("kornia.augmentation.auto.autoaugment.autoaugment")
+kornia_randaugment = lazy_import("kornia.augmentation.auto.rand_augment.rand_augment")
+kornia_color = lazy_import("kornia.color")
+kornia_enhance = lazy_import("kornia.enhance")
+kornia_filters = lazy_import("kornia.filters")
+kornia_transform = lazy_import("kornia.geometry.transform")
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "ColorJitterConfig", "DeviceAugment", "StrongConfig",
+           "denormalize", "denormalize_float", "normalize", "photometric_policy"]
 #: Operations of Kornia's policies that move pixels; dropped because the policy only sees the image.
 GEOMETRIC_POLICY_OPS = frozenset({"rotate", "shear_x", "shear_y", "translate_x", "translate_y"})
 
@@ -136,11 +142,11 @@ def photometric_policy(cfg: StrongConfig) -> Optional[nn.Module]:
     """Kornia's AutoAugment (ImageNet sub-policies) or RandAugment with the ``GEOMETRIC_POLICY_OPS`` removed
     (AutoAugment sub-policies keep their photometric operations; emptied ones are dropped), or None."""
     if cfg.policy == "randaugment":
-        ops = [sub for sub in randaugment_policy if sub[0][0] not in GEOMETRIC_POLICY_OPS]
-        return RandAugment(n=cfg.randaugment.n, m=cfg.randaugment.m, policy=ops)
+        ops = [sub for sub in kornia_randaugment.default_policy if sub[0][0] not in GEOMETRIC_POLICY_OPS]
+        return kornia_auto.RandAugment(n=cfg.randaugment.n, m=cfg.randaugment.m, policy=ops)
     if cfg.policy == "autoaugment":
-        subs = [[op for op in sub if op[0] not in GEOMETRIC_POLICY_OPS] for sub in imagenet_policy]
-        return AutoAugment(policy=[sub for sub in subs if sub])
+        subs = [[op for op in sub if op[0] not in GEOMETRIC_POLICY_OPS] for sub in kornia_autoaugment.imagenet_policy]
+        return kornia_auto.AutoAugment(policy=[sub for sub in subs if sub])
     return None
 
 
@@ -184,12 +190,17 @@ class DeviceAugment:
         self.cfg = cfg
         self._policy = photometric_policy(cfg.strong)
 
-    @torch.no_grad()
     def __call__(
         self, images: torch.Tensor, labels: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """images uint8 Bx3xHxW, labels BxHxW (or None) -> (normalised float32 Bx3xh'xw', int64 Bxh'xw' or None),
-        where (w', h') is ``crop`` or the input size."""
+        where (w', h') is ``crop`` or the input size (no gradient)."""
+        with torch.no_grad():
+            return self._augment(images, labels)
+
+    def _augment(
+        self, images: torch.Tensor, labels: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         x = images.float() / 255.0
         labels = None if labels is None else labels.long()
         if self.cfg.enabled:
@@ -201,13 +212,13 @@ class DeviceAugment:
                 x = self._photometric(x)
         return _to_normalized(x), labels
 
-    @torch.no_grad()
     def photometric(self, images: torch.Tensor) -> torch.Tensor:
         """The strong pipeline's image-only photometric part (``cfg.strong``, whatever ``cfg.pipeline`` is) on
         images Bx3xHxW, uint8 or normalised float (as ``__call__`` returns them) -> normalised float32. Labels are
-        unaffected by construction; mean-teacher methods call it on mixed images."""
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else denormalize_float(images)
-        return _to_normalized(self._photometric(x))
+        unaffected by construction; mean-teacher methods call it on mixed images (no gradient)."""
+        with torch.no_grad():
+            x = images.float() / 255.0 if images.dtype == torch.uint8 else denormalize_float(images)
+            return _to_normalized(self._photometric(x))
 
     def _photometric(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> [0, 1] images: policy, jitter, grayscale, blur (``StrongConfig``), per sample."""
@@ -220,12 +231,12 @@ class DeviceAugment:
             x = self._jitter(x, s.color_jitter)
         if s.grayscale > 0:
             grey = (torch.rand(b, device=dev) < s.grayscale).view(b, 1, 1, 1)
-            x = torch.where(grey, rgb_to_grayscale(x).expand_as(x), x)
+            x = torch.where(grey, kornia_color.rgb_to_grayscale(x).expand_as(x), x)
         if s.blur > 0:
             blur = (torch.rand(b, device=dev) < s.blur).view(b, 1, 1, 1)
             sigma = _uniform(*s.blur_sigma, b, dev).unsqueeze(1).expand(b, 2)
             k = 2 * math.ceil(3 * s.blur_sigma[1]) + 1
-            x = torch.where(blur, gaussian_blur2d(x, (k, k), sigma, border_type="reflect"), x)
+            x = torch.where(blur, kornia_filters.gaussian_blur2d(x, (k, k), sigma, border_type="reflect"), x)
         return x
 
     def _geometric_identity(self, x: torch.Tensor) -> bool:
@@ -254,11 +265,11 @@ class DeviceAugment:
         matrix[:, 0, 2] = torch.where(flip, cw - 1 - tx, tx)
         matrix[:, 1, 1] = s
         matrix[:, 1, 2] = 0.5 * s - 0.5 - oy
-        out = warp_affine(x, matrix, (ch, cw), mode="bilinear", padding_mode="zeros", align_corners=True)
+        out = kornia_transform.warp_affine(x, matrix, (ch, cw), mode="bilinear", padding_mode="zeros", align_corners=True)
         if labels is None:
             return out, None
         shifted = (labels.unsqueeze(1) + 1).float()  # 0 now means "outside the image"
-        warped = warp_affine(shifted, matrix, (ch, cw), mode="nearest", padding_mode="zeros", align_corners=True)
+        warped = kornia_transform.warp_affine(shifted, matrix, (ch, cw), mode="nearest", padding_mode="zeros", align_corners=True)
         warped = warped.squeeze(1).round().long() - 1
         return out, torch.where(warped < 0, torch.full_like(warped, IGNORE_INDEX), warped)
 
@@ -272,10 +283,10 @@ class DeviceAugment:
         hue = _uniform(-cj.hue, cj.hue, b, dev) * (2 * math.pi)
         bright, contrast, sat = (torch.where(apply, f, torch.ones_like(f)) for f in factors)
         y = (x * bright).clamp(0, 1)
-        grey_mean = rgb_to_grayscale(y).mean(dim=(-2, -1), keepdim=True)
+        grey_mean = kornia_color.rgb_to_grayscale(y).mean(dim=(-2, -1), keepdim=True)
         y = ((y - grey_mean) * contrast + grey_mean).clamp(0, 1)
-        grey = rgb_to_grayscale(y)
+        grey = kornia_color.rgb_to_grayscale(y)
         y = ((y - grey) * sat + grey).clamp(0, 1)
         if cj.hue > 0:
-            y = torch.where(apply, adjust_hue(y, hue).clamp(0, 1), y)
+            y = torch.where(apply, kornia_enhance.adjust_hue(y, hue).clamp(0, 1), y)
         return y

@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 from pydantic import Field, field_validator
 
 from dasuite.data.augment import AugmentConfig
 from dasuite.data.labels import ClassTable
 from dasuite.errors import DasuiteError
-from dasuite.registry import Registry
+from dasuite.registry import DATASETS
 from dasuite.schema_base import Section
 
-DATASETS: Registry[type["SegDataset"]] = Registry("dataset")
+__all__ = ["DATASETS", "DatasetConfig", "SegDataset", "resolve_root"]
 
 
 class DatasetConfig(Section):
@@ -68,11 +67,12 @@ def resolve_root(root: Optional[str], dataset: str) -> Path:
     return path
 
 
-class SegDataset(torch.utils.data.Dataset):
-    """Base class: subclasses set ``classes`` and implement ``__len__`` and ``__getitem__`` per the contract."""
+class SegDataset:
+    """Base class (a map-style dataset for ``torch.utils.data.DataLoader``): subclasses are registered with
+    ``@DATASETS.register("name", config=TheirConfig)``, set ``classes`` and implement ``__len__`` and
+    ``__getitem__`` per the contract."""
 
     classes: ClassTable
-    config_class: type[DatasetConfig]
     #: (width, height) images are resized to at decode time, or None.
     resize: Optional[tuple[int, int]] = None
     #: False for evaluation: labels stay at their stored resolution (logits are upsampled to it).

@@ -108,12 +108,11 @@ def _check_exist(pairs: list[Pair], source: str) -> None:
         raise DasuiteError(f"CamVid file {missing[0]!r}{more} listed by {source} does not exist")
 
 
-@DATASETS.register("camvid")
+@DATASETS.register("camvid", config=CamVidConfig)
 class CamVidDataset(SegDataset):
     """CamVid (SegNet version): 367 train / 101 val / 233 test images of 480x360; names are the file names."""
 
     classes = CAMVID
-    config_class = CamVidConfig
 
     def __init__(self, cfg: CamVidConfig, resize: Optional[tuple[int, int]] = None) -> None:
         super().__init__(cfg)

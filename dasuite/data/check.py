@@ -1,8 +1,9 @@
 """``dasuite data check``: read every item of a dataset once and report what would break training.
 
-Per item (at the stored resolution, via ``SegDataset.raw_pair``): label values outside ``[0, num_classes)`` and
-255, image/label size mismatches, the image size, and per-class pixel counts. Items are read in DataLoader
-workers; only small per-item summaries travel back.
+Per item (at the stored resolution, via ``SegDataset.raw_pair``): files that cannot be read, label values outside
+``[0, num_classes)`` and 255, image/label size mismatches, the image size, and per-class pixel counts. Items are
+read in DataLoader workers; only small per-item summaries travel back, an unreadable item included (the check
+carries on and lists it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from dasuite.data.base import SegDataset
 from dasuite.data.labels import IGNORE_INDEX
+from dasuite.errors import DasuiteError, one_line
+from dasuite.procs import worker_init
 
 MAX_LISTED = 5  # files named per problem in the report
 
@@ -33,6 +36,7 @@ class DataCheckReport:
     labelled: bool = True
     bad_values: dict[int, list[str]] = field(default_factory=dict)
     size_mismatches: list[tuple[str, tuple[int, int], tuple[int, int]]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
     image_sizes: Counter = field(default_factory=Counter)
     class_pixels: list[int] = field(default_factory=list)
     ignore_pixels: int = 0
@@ -40,7 +44,7 @@ class DataCheckReport:
 
     @property
     def ok(self) -> bool:
-        return self.num_items > 0 and not self.bad_values and not self.size_mismatches
+        return self.num_items > 0 and not self.bad_values and not self.size_mismatches and not self.unreadable
 
     @property
     def class_frequency(self) -> list[float]:
@@ -55,6 +59,9 @@ class DataCheckReport:
         lines.append(f"image sizes WxH (count): {sizes or 'none'}")
         if self.num_items == 0:
             lines.append("PROBLEM: the dataset is empty")
+        if self.unreadable:
+            lines.append(f"PROBLEM: {len(self.unreadable)} items cannot be read:")
+            lines.extend(f"  {name}: {reason}" for name, reason in self.unreadable)
         if not self.labelled:
             lines.append("labels: none (unlabelled dataset)")
             return "\n".join(lines)
@@ -93,9 +100,15 @@ class _ItemSummaries(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple:
-        image, label, name = self.dataset.raw_pair(index)
+        """(name, image size, label size, values, counts, None), or (name, None, ..., reason) when unreadable."""
+        try:
+            image, label, name = self.dataset.raw_pair(index)
+        except (DasuiteError, OSError, ValueError) as err:
+            names = getattr(self.dataset, "names", None)
+            name = names[index] if isinstance(names, list) and index < len(names) else f"item {index}"
+            return name, None, None, None, None, one_line(err)
         if label is None:
-            return name, (image.shape[1], image.shape[0]), None, None, None
+            return name, (image.shape[1], image.shape[0]), None, None, None, None
         flat = label.astype(np.int64).ravel()
         if flat.size and flat.min() >= 0:
             counts = np.bincount(flat)
@@ -103,7 +116,7 @@ class _ItemSummaries(Dataset):
             counts = counts[values]
         else:
             values, counts = np.unique(flat, return_counts=True)
-        return name, (image.shape[1], image.shape[0]), (label.shape[1], label.shape[0]), values, counts
+        return name, (image.shape[1], image.shape[0]), (label.shape[1], label.shape[0]), values, counts, None
 
 
 def _single(batch: list) -> tuple:
@@ -122,8 +135,12 @@ def check_dataset(dataset: SegDataset, num_workers: Optional[int] = None) -> Dat
     )
     pixels = np.zeros(k, np.int64)
     bad: dict[int, list[str]] = {}
-    loader = DataLoader(_ItemSummaries(dataset), batch_size=1, num_workers=workers, collate_fn=_single)
-    for name, image_size, label_size, values, counts in loader:
+    loader = DataLoader(_ItemSummaries(dataset), batch_size=1, num_workers=workers, collate_fn=_single,
+                        worker_init_fn=worker_init if workers else None)
+    for name, image_size, label_size, values, counts, unreadable in loader:
+        if unreadable is not None:
+            report.unreadable.append((name, unreadable))
+            continue
         report.image_sizes[image_size] += 1
         if label_size is None:
             report.labelled = False
@@ -139,3 +156,38 @@ def check_dataset(dataset: SegDataset, num_workers: Optional[int] = None) -> Dat
     report.class_pixels = pixels.tolist()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def require_labels(dataset: SegDataset, where: str, samples: int = 16) -> None:
+    """Raise when every label pixel of up to ``samples`` items spread over ``dataset`` is ignore (255) after
+    decoding: a label encoding or ``label_map`` that matches none of the files' raw values trains on nothing and
+    evaluates to ``null``. Unlabelled datasets pass. ``where`` names the config key (``data.source``)."""
+    n = len(dataset)
+    if n == 0:
+        return
+    picks = sorted({round(i * (n - 1) / max(samples - 1, 1)) for i in range(min(samples, n))})
+    for index in picks:
+        label = dataset[index].get("label")
+        if label is None or (label != IGNORE_INDEX).any():
+            return
+    cfg = getattr(dataset, "cfg", None)
+    mapping = getattr(cfg, "label_map", None)
+    raw_values = _raw_values(dataset, picks[:4])
+    seen = f"; raw values in {len(picks[:4])} of its label files: {raw_values}" if raw_values else ""
+    how = (f"its label_map {mapping} maps none of them to a class" if mapping is not None
+           else f"the {getattr(cfg, 'name', type(dataset).__name__)} label encoding maps none of them to a class")
+    raise DasuiteError(f"{where}: every label pixel of the {len(picks)} items checked is ignore (255) after "
+                       f"decoding{seen}: {how}; fix the labels' encoding (label_map, classes, ignore_index) or the "
+                       f"files (dasuite data check shows the label values)")
+
+
+def _raw_values(dataset: SegDataset, picks: list[int]) -> list[int]:
+    raw_label_at = getattr(dataset, "raw_label_at", None)
+    if raw_label_at is None:
+        return []
+    values: set[int] = set()
+    for index in picks:
+        raw = raw_label_at(index)
+        if raw is not None:
+            values.update(int(v) for v in np.unique(raw)[:32])
+    return sorted(values)[:32]

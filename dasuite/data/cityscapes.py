@@ -30,13 +30,12 @@ class CityscapesConfig(DatasetConfig):
     labelled: bool = True
 
 
-@DATASETS.register("cityscapes")
+@DATASETS.register("cityscapes", config=CityscapesConfig)
 class CityscapesDataset(PairDataset):
     """Cityscapes fine: 2,975 train / 500 val / 1,525 test frames of 2048x1024; names are the image file names
     (``aachen_000000_000019_leftImg8bit.png``), sorted by city then frame."""
 
     classes = CITYSCAPES
-    config_class = CityscapesConfig
 
     def __init__(self, cfg: CityscapesConfig, resize: Optional[tuple[int, int]] = None) -> None:
         super().__init__(cfg, resize)

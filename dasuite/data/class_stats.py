@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -29,6 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dasuite.errors import DasuiteError
+from dasuite.fileio import atomic_write
+from dasuite.procs import worker_init
 
 logger = logging.getLogger(__name__)
 _VERSION = 1
@@ -71,7 +72,8 @@ def compute_class_stats(dataset: Dataset, num_classes: int, num_workers: int = 0
     # A private generator: iterating must not consume torch's global RNG, or a run's random stream would depend
     # on whether the statistics were cached.
     loader = DataLoader(_CountView(dataset, num_classes), batch_size=16, num_workers=num_workers,
-                        collate_fn=list, shuffle=False, generator=torch.Generator().manual_seed(0))
+                        collate_fn=list, shuffle=False, generator=torch.Generator().manual_seed(0),
+                        worker_init_fn=worker_init if num_workers else None)
     rows = [row for batch in loader for row in batch]
     labelled = [counts is not None for _, counts in rows]
     if any(labelled) and not all(labelled):
@@ -109,16 +111,9 @@ def _load(path: Path, size: int, num_classes: int) -> Optional[ClassStats]:
 
 
 def _save(path: Path, stats: ClassStats, num_classes: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pixels = stats.pixels if stats.pixels is not None else np.zeros((0, num_classes), np.int64)
-            np.savez(f, names=np.array(stats.names, dtype=str), pixels=pixels, labelled=stats.pixels is not None)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    pixels = stats.pixels if stats.pixels is not None else np.zeros((0, num_classes), np.int64)
+    atomic_write(path, lambda f: np.savez(f, names=np.array(stats.names, dtype=str), pixels=pixels,
+                                          labelled=stats.pixels is not None))
 
 
 def class_stats(dataset: Dataset, num_classes: int, entry_options: dict, resize: Optional[tuple[int, int]],

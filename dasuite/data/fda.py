@@ -33,12 +33,14 @@ from __future__ import annotations
 import math
 from typing import Literal, Optional
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from dasuite.data.augment import denormalize_float, normalize
+from dasuite.lazy import lazy_import
 from dasuite.schema_base import Section
+
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
 
 
 class FDAConfig(Section):

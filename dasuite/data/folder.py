@@ -83,11 +83,10 @@ class FolderConfig(ClassOptions):
     label_suffix: str = ".png"
 
 
-@DATASETS.register("folder")
+@DATASETS.register("folder", config=FolderConfig)
 class FolderDataset(PairDataset):
     """Images found recursively under ``images_dir`` (sorted by relative path); names are those relative paths."""
 
-    config_class = FolderConfig
 
     def __init__(self, cfg: FolderConfig, resize: Optional[tuple[int, int]] = None) -> None:
         super().__init__(cfg, resize)

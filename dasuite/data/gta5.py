@@ -32,12 +32,11 @@ class GTA5Config(StemListConfig):
     size_mismatch: Literal["resize_label", "skip"] = "resize_label"
 
 
-@DATASETS.register("gta5")
+@DATASETS.register("gta5", config=GTA5Config)
 class GTA5Dataset(PairDataset):
     """GTA5: 24,966 frames, mostly 1914x1052; names are the image file names (``00001.png``)."""
 
     classes = CITYSCAPES
-    config_class = GTA5Config
     label_map = CITYSCAPES_LABEL_IDS
     label_follows_image = True  # only mismatched pairs are affected; they are resized or skipped at index time
 

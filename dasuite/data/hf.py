@@ -65,12 +65,11 @@ def load_split(cfg: HFConfig, root: Path) -> Any:
     return loaded
 
 
-@DATASETS.register("hf")
+@DATASETS.register("hf", config=HFConfig)
 class HFDataset(PairDataset):
     """Rows of a local Hugging Face dataset; names are the image file names stored in the rows (or the row
     index, ``000012``, when a row has no path)."""
 
-    config_class = HFConfig
 
     def __init__(self, cfg: HFConfig, resize: Optional[tuple[int, int]] = None) -> None:
         super().__init__(cfg, resize)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from dasuite.errors import DasuiteError
@@ -145,6 +144,8 @@ def resize_label(label: np.ndarray, size: Size) -> np.ndarray:
 
 def make_item(image: np.ndarray, label: Optional[np.ndarray], name: str) -> dict:
     """Build a dataset item: ``image`` uint8 3xHxW tensor, ``label`` int64 HxW tensor (omitted if None), ``name``."""
+    import torch
+
     item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), "name": name}
     if label is not None:
         item["label"] = torch.from_numpy(label.astype(np.int64))

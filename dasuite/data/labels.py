@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 
-IGNORE_INDEX = 255
+from dasuite.constants import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,10 @@ class ClassTable:
     def num_classes(self) -> int:
         return len(self.names)
 
-    def colorize(self, labels: torch.Tensor) -> torch.Tensor:
+    def colorize(self, labels: "torch.Tensor") -> "torch.Tensor":
         """Map class indices (...xHxW, 255 = ignore shown black) to uint8 RGB images (...x3xHxW)."""
+        import torch
+
         lut = torch.zeros(256, 3, dtype=torch.uint8, device=labels.device)
         lut[: self.num_classes] = torch.tensor(self.palette, dtype=torch.uint8, device=labels.device)
         rgb = lut[labels.long().clamp(0, 255)]

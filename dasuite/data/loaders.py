@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from dasuite.errors import DasuiteError
+from dasuite.procs import worker_init
 
 
 def collate_items(items: list[dict], labels_match_images: bool = True) -> dict:
@@ -57,8 +58,10 @@ def collate_items(items: list[dict], labels_match_images: bool = True) -> dict:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and ``random`` in a DataLoader worker from torch's per-worker seed (decoding is deterministic
-    anyway; this only keeps any future random CPU transform reproducible)."""
+    """Start of every DataLoader worker: die with the parent and leave Ctrl-C to it (``dasuite.procs``), and seed
+    numpy and ``random`` from torch's per-worker seed (decoding is deterministic anyway; this only keeps any future
+    random CPU transform reproducible)."""
+    worker_init()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

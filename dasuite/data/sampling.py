@@ -31,7 +31,6 @@ from typing import Any, Iterator, Literal, Optional, Protocol, Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
-from torch.utils.data import Sampler
 
 from dasuite.errors import DasuiteError
 from dasuite.schema_base import Section
@@ -250,7 +249,7 @@ class RareClassStream:
         return ["rcs", self.size, [round(float(p), 12) for p in self.probs]]
 
 
-class MixSampler(Sampler[int]):
+class MixSampler:
     """Infinite per-rank stream over concatenated datasets: global position p picks dataset m with probability
     ``weights[m]`` (chunk k = p // CHUNK from ``default_rng([seed, 0, k])``), then dataset m's next draw from its
     ``IndexStream``; it yields ``offsets[m] + index``. Same state protocol as ``InfiniteSampler``."""

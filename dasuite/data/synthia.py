@@ -30,12 +30,11 @@ class SynthiaConfig(StemListConfig):
     root: str = "$DASUITE_DATA/synthia"
 
 
-@DATASETS.register("synthia")
+@DATASETS.register("synthia", config=SynthiaConfig)
 class SynthiaDataset(PairDataset):
     """SYNTHIA-RAND-CITYSCAPES: 9,400 frames of 1280x760; names are the image file names (``0000000.png``)."""
 
     classes = CITYSCAPES
-    config_class = SynthiaConfig
     label_map = SYNTHIA_IDS
 
     def __init__(self, cfg: SynthiaConfig, resize: Optional[tuple[int, int]] = None) -> None:

@@ -257,12 +257,11 @@ def render_toy(seed: int, domain: str, split: str, index: int, size: tuple[int, 
     return image, label
 
 
-@DATASETS.register("toy")
+@DATASETS.register("toy", config=ToyConfig)
 class ToyDataset(SegDataset):
     """Procedural street scenes (see the module docstring); item names are ``toy_<domain>_<split>_<index>.png``."""
 
     classes = CITYSCAPES
-    config_class = ToyConfig
 
     def __init__(self, cfg: ToyConfig, resize: Optional[tuple[int, int]] = None) -> None:
         super().__init__(cfg)

@@ -199,7 +199,7 @@ def build_training_data(role: str, cfg: Any, default_resize: Optional[tuple[int,
 def write_run_files(root: Path, files: dict[str, str], resume: bool) -> None:
     """Write the subset lists / RCS tables into the run directory. On resume a subset list that differs from the
     one the run started with (e.g. the dataset changed) is an error."""
-    from dasuite.config.load import atomic_write_text
+    from dasuite.fileio import atomic_write_text
 
     for name, text in files.items():
         path = root / name

@@ -58,11 +58,10 @@ class TranslatedConfig(DatasetConfig):
         return self
 
 
-@DATASETS.register("translated")
+@DATASETS.register("translated", config=TranslatedConfig)
 class TranslatedDataset(PairDataset):
     """The parent's items (labels, names, order) with each image replaced by its translated counterpart."""
 
-    config_class = TranslatedConfig
     label_follows_image = True
 
     def __init__(self, cfg: TranslatedConfig, resize: Optional[tuple[int, int]] = None) -> None:

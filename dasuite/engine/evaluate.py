@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from dasuite.data.augment import normalize
 from dasuite.data.labels import IGNORE_INDEX, SYNTHIA13, SYNTHIA16, ClassTable, subset_miou
 from dasuite.data.loaders import build_eval_loader
-from dasuite.engine.checkpoint import _atomic
+from dasuite.fileio import atomic_write
 from dasuite.losses.segmentation import upsample_to
 from dasuite.metrics import ConfusionMatrix, compute_metrics
 
@@ -45,7 +45,7 @@ def add_subset_summaries(result: dict, subsets: list[str], classes: ClassTable) 
 def save_prediction_png(pred: torch.Tensor, path: Path) -> None:
     """Write an HxW map of class indices as an 8-bit PNG, atomically."""
     array = pred.to(torch.uint8).cpu().numpy()
-    _atomic(path, lambda tmp: Image.fromarray(array, mode="L").save(tmp, format="PNG"))
+    atomic_write(path, lambda f: Image.fromarray(array, mode="L").save(f, format="PNG"))
 
 
 @torch.no_grad()

@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from accelerate import Accelerator
-
 from dasuite.config.load import load_config
 from dasuite.config.schema import ExperimentConfig
 from dasuite.data import build_dataset
-from dasuite.engine.checkpoint import load_weights
+from dasuite.data.check import require_labels
+from dasuite.engine.accelerator import make_accelerator
 from dasuite.engine.evaluate import evaluate
-from dasuite.engine.rundir import RunDir
 from dasuite.errors import DasuiteError
 from dasuite.models import create_model
+from dasuite.models.weights import load_model_weights
+from dasuite.rundir import RunDir
 
 
 def resolve_run(run: Path, checkpoint: str) -> tuple[ExperimentConfig, Path]:
@@ -45,14 +45,11 @@ def evaluate_checkpoint(
     entry = getattr(cfg.data, split, None)
     if entry is None:
         raise DasuiteError(f"the experiment has no data.{split} entry; set it in the YAML or pick another --split")
+    accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision)
     dataset = build_dataset(entry, cfg.data.resize, resize_labels=False)
+    require_labels(dataset, f"data.{split}")
     model = create_model(cfg.model.arch, dataset.num_classes, tiny=cfg.model.tiny, **cfg.model.options)
-    state = load_weights(checkpoint)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise DasuiteError(f"{checkpoint}: weights do not match model {cfg.model.arch!r} "
-                           f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    load_model_weights(model, checkpoint, f"checkpoint {checkpoint} for model {cfg.model.arch!r}")
     model = model.to(accelerator.device)
     out, _ = evaluate(model, dataset, accelerator, dataset.classes, batch_size=cfg.eval.batch_size,
                       num_workers=cfg.data.num_workers, save_predictions=save_predictions, progress=progress,

@@ -10,11 +10,9 @@ Losses are accumulated on the device and read back only at log/eval/checkpoint t
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
@@ -22,14 +20,20 @@ from dasuite.config.load import flatten_config
 from dasuite.config.schema import ExperimentConfig
 from dasuite.data import build_dataset
 from dasuite.data.augment import DeviceAugment
+from dasuite.data.check import require_labels
 from dasuite.data.fda import apply_fda, fda_roles
 from dasuite.data.training import build_training_data, write_run_files
-from dasuite.engine.checkpoint import load_torch, load_weights, rng_state, save_torch, save_weights, set_rng_state, write_json
+from dasuite.engine.accelerator import make_accelerator
+from dasuite.engine.checkpoint import rng_state, set_rng_state
 from dasuite.engine.evaluate import evaluate
-from dasuite.engine.optim import build_optimizer, build_scheduler
-from dasuite.engine.rundir import RunDir
-from dasuite.errors import DasuiteError
+from dasuite.engine.optim import build_optimizer
+from dasuite.errors import DasuiteError, DiskFullError
+from dasuite.fileio import (load_torch, load_weights, read_weights_metadata, remove_stale_temps, save_torch,
+                            save_weights, write_json)
 from dasuite.methods import METHODS
+from dasuite.models.weights import load_model_weights
+from dasuite.rundir import RunDir
+from dasuite.schedule import build_scheduler
 
 
 EVAL_ROLES = ("val", "test")
@@ -48,17 +52,13 @@ def build_datasets(cfg: ExperimentConfig) -> dict[str, Any]:
     return datasets
 
 
-def load_model_weights(model: torch.nn.Module, path: str) -> None:
-    """Load weights (``init_from``) strictly, with an error naming the mismatched keys."""
-    state = load_weights(Path(path))
-    own = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if wrong:
-        raise DasuiteError(f"{path}: weight shapes do not match model (checkpoint vs model): {wrong[:3]}")
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise DasuiteError(f"{path}: weights do not match model (missing {result.missing_keys[:5]}, "
-                           f"unexpected {result.unexpected_keys[:5]})")
+def check_labels(datasets: dict[str, Any]) -> None:
+    """Every labelled role (each member of a mix) has label pixels that are not ignore (``require_labels``)."""
+    for role, data in datasets.items():
+        members = getattr(data, "members", None)
+        for where, dataset in ([(f"data.{m.path}", m.dataset) for m in members] if members else
+                               [(f"data.{role}", data)]):
+            require_labels(dataset, where)
 
 
 def limit_cpu_threads(device: torch.device, num_workers: int) -> None:
@@ -81,7 +81,7 @@ class Trainer:
         if not resume and self.run.last.exists():
             raise DasuiteError(f"run directory {str(self.run.root)!r} already has a checkpoint; pass --resume to "
                                f"continue it, or choose another tag/work dir (tag=..., --work-dir)")
-        self.accelerator = Accelerator(
+        self.accelerator = make_accelerator(
             mixed_precision=cfg.train.mixed_precision,
             gradient_accumulation_steps=cfg.train.grad_accum,
             log_with="tensorboard" if cfg.log.tensorboard else None,
@@ -93,6 +93,7 @@ class Trainer:
         limit_cpu_threads(self.accelerator.device, cfg.data.num_workers)
         with self.accelerator.main_process_first():  # class statistics are computed (and cached) once
             self.datasets = build_datasets(cfg)
+            check_labels(self.datasets)
         self.classes = self.datasets["source"].classes
         self.method = METHODS.get(cfg.method.name)(cfg, self.classes.num_classes)
         self.extras = self.method.extra_modules()
@@ -100,7 +101,7 @@ class Trainer:
         if missing:
             raise DasuiteError(f"method {cfg.method.name!r} needs data.{missing[0]}, which the experiment does not set")
         if cfg.train.init_from and not resume:
-            load_model_weights(self.method.model, cfg.train.init_from)
+            load_model_weights(self.method.model, cfg.train.init_from, f"--init-from {cfg.train.init_from}")
         head = getattr(self.method.model, "head_prefixes", ())
         optimizer = build_optimizer(self.method.model, cfg.optim, head, [getattr(self.method, n) for n in self.extras])
         self.scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_iters)
@@ -126,9 +127,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def _save_last(self) -> None:
+        """``last.pt``, one atomic file holding everything a resume needs, every process's RNG state included."""
         acc = self.accelerator
+        rng = [rng_state()]
+        if acc.num_processes > 1:
+            rng = [None] * acc.num_processes
+            torch.distributed.all_gather_object(rng, rng_state())
         if acc.is_main_process:
-            save_torch({
+            self._write(save_torch, {
                 "model": acc.unwrap_model(self.method.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -139,9 +145,24 @@ class Trainer:
                 "iteration": self.iteration,
                 "best": self.best,
                 "final": self.final,
+                "rng": rng,
             }, self.run.last)
-        save_torch(rng_state(), self.run.rng(acc.process_index))
+            for rank in range(acc.num_processes):  # RNG files of runs written before the states moved in
+                self.run.legacy_rng(rank).unlink(missing_ok=True)
         acc.wait_for_everyone()
+
+    def _write(self, save: Any, obj: Any, path: Any) -> None:
+        """``save(obj, path)``; a full disk names the last good checkpoint (the write itself leaves nothing)."""
+        try:
+            save(obj, path)
+        except DiskFullError as err:
+            raise DiskFullError(f"{err}; training stopped at iteration {self.iteration}. {self._last_good()}") from None
+
+    def _last_good(self) -> str:
+        if not self.run.last.exists():
+            return "No checkpoint was written yet."
+        return (f"The last good checkpoint is {self.run.last} (iteration {load_torch(self.run.last)['iteration']}): "
+                f"free some space and continue with --resume.")
 
     def _load_last(self) -> None:
         if not self.run.last.exists():
@@ -158,7 +179,21 @@ class Trainer:
         if self.accelerator.scaler is not None and state.get("scaler"):
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best, self.final = state["iteration"], state["best"], state["final"]
-        set_rng_state(load_torch(self.run.rng(self.accelerator.process_index)))
+        set_rng_state(self._rng_of(state))
+
+    def _rng_of(self, state: dict) -> dict:
+        """This process's RNG state from ``last.pt`` (or, for older runs, its ``last.rng<k>.pt``)."""
+        acc = self.accelerator
+        states = state.get("rng")
+        if states is None:
+            legacy = self.run.legacy_rng(acc.process_index)
+            if not legacy.is_file():
+                raise DasuiteError(f"--resume: {self.run.last} holds no RNG states and {legacy} is missing")
+            return load_torch(legacy)
+        if len(states) != acc.num_processes:
+            raise DasuiteError(f"--resume: {self.run.last} was written by {len(states)} processes, this run has "
+                               f"{acc.num_processes}; resume with the same number of processes")
+        return states[acc.process_index]
 
     # ---------------------------------------------------------------------------------------------------- eval
     def _evaluate(self, role: str, vis: int = 0) -> tuple[dict, Optional[torch.Tensor]]:
@@ -178,8 +213,9 @@ class Trainer:
             self.best = {"iteration": it, **result}
         if acc.is_main_process:
             self.run.append_metrics({"iteration": it, "split": "val", **result})
-            if improved:
-                save_weights(acc.unwrap_model(self.method.eval_model()).state_dict(), self.run.best)
+            if improved:  # the metadata keeps the weights and what they scored in one atomic file
+                self._write(lambda state, path: save_weights(state, path, {"best": self.best}),
+                            acc.unwrap_model(self.method.eval_model()).state_dict(), self.run.best)
                 write_json(self.best, self.run.best_info)
         scalars = {f"val/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and v is not None}
         scalars.update({f"val_iou/{name}": v for name, v in result["iou"].items() if v is not None})
@@ -204,6 +240,12 @@ class Trainer:
         cfg, acc, tcfg = self.cfg, self.accelerator, self.cfg.train
         if acc.is_main_process:
             self.run.root.mkdir(parents=True, exist_ok=True)
+            for folder in (self.run.root, self.run.checkpoints):  # temp files of writes a kill interrupted
+                remove_stale_temps(folder)
+            if self.run.best.is_file():  # best.json follows the weights' own metadata (a kill between the writes)
+                best = read_weights_metadata(self.run.best).get("best")
+                if best is not None:
+                    write_json(best, self.run.best_info)
             self.run.write_config(cfg)
             self.run.truncate_metrics(self.iteration)
         acc.init_trackers("tensorboard", config=flatten_config(cfg))
@@ -262,8 +304,7 @@ class Trainer:
 
     def _finish(self) -> dict:
         """Evaluate the best weights on the test split (when configured) and write ``summary.json``."""
-        evaluated = ("teacher" if getattr(self.cfg.method, "eval_teacher", False) else "student") \
-            if self.method.evaluates else None  # which network the results are of (None: nothing evaluated)
+        evaluated = self.method.eval_model_name() if self.method.evaluates else None  # None: nothing evaluated
         summary: dict[str, Any] = {"experiment": self.cfg.name, "tag": self.cfg.run_tag(), "eval_model": evaluated,
                                    "final": self.final, "best": self.best}
         if "test" in self.datasets:

@@ -1,15 +1,14 @@
-"""Optimizers with SegFormer-style parameter groups, and iteration-based LR schedules."""
+"""Optimizers with SegFormer-style parameter groups (schedules: ``dasuite.schedule``)."""
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from dasuite.config.schema import OptimConfig, ScheduleConfig
+    from dasuite.config.schema import OptimConfig
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _NO_DECAY_NAME_PARTS = ("pos_block", "position_embedding", "pos_embed")
@@ -61,41 +60,3 @@ def build_optimizer(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterabl
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay)
-
-
-def lr_factor(cfg: "ScheduleConfig", max_iters: int, base_lr: float) -> Callable[[int], float]:
-    """Multiplier of ``base_lr`` at iteration ``it`` (0-based count of optimizer steps taken).
-
-    poly: ``(1 - it/max_iters)^power`` mapped onto [min_lr, base_lr]; step: ``gamma^(milestones passed)``;
-    constant: 1; linear: 1 until ``decay_start * max_iters``, then linearly to 0 at ``max_iters``
-    (``(max_iters - it) / (max_iters - start)``). Warm-up (mmcv-style, linear): during the first ``warmup_iters`` the factor is multiplied by
-    ``1 - (1 - it/warmup_iters) * (1 - warmup_ratio)``, starting at ``warmup_ratio``.
-    """
-    min_ratio = cfg.min_lr / base_lr if base_lr > 0 else 0.0
-
-    def factor(it: int) -> float:
-        if cfg.name == "poly":
-            progress = min(it, max_iters) / max_iters
-            f = (1 - min_ratio) * math.pow(1 - progress, cfg.power) + min_ratio
-        elif cfg.name == "linear":
-            start = cfg.decay_start * max_iters
-            f = 1.0 if it <= start else max(0.0, (max_iters - it) / (max_iters - start))
-        elif cfg.name == "step":
-            f = cfg.gamma ** sum(it >= m for m in cfg.milestones)
-        else:
-            f = 1.0
-        if it < cfg.warmup_iters:
-            f *= 1 - (1 - it / cfg.warmup_iters) * (1 - cfg.warmup_ratio)
-        return f
-
-    return factor
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: "ScheduleConfig", max_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR with one factor per parameter group (the min_lr floor is relative to each group's lr).
-
-    Not passed to ``accelerator.prepare``: the loop steps it exactly once per optimizer step (Accelerate would step
-    it once per process) and checkpoints it.
-    """
-    factors = [lr_factor(cfg, max_iters, g["initial_lr"]) for g in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)

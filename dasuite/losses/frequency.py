@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
+from dasuite.lazy import lazy_import
+
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
 
 HighMode = Literal["kd", "l1", "sparsity", "none"]
 HIGH_MODES: tuple[str, ...] = ("kd", "l1", "sparsity", "none")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
+from dasuite.lazy import lazy_import
+
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
 
 GANObjective = Literal["vanilla", "lsgan"]
 GAN_OBJECTIVES: tuple[str, ...] = ("vanilla", "lsgan")

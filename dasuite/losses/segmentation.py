@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from dasuite.data.labels import IGNORE_INDEX
+from dasuite.constants import IGNORE_INDEX
 
 
 def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

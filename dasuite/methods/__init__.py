@@ -1,6 +1,6 @@
-"""Training methods: each is a small module registered under its YAML ``method.name``."""
+"""Training methods: each is one module registered under its YAML ``method.name`` (``dasuite.registry``: the names
+are known without importing the modules; docs/extending.md shows how to add one)."""
 
-from dasuite.methods.base import METHODS, Method
-from dasuite.methods import adaptsegnet, cyclegan, distill, mean_teacher, source_only  # noqa: F401  (register themselves)
+from dasuite.methods.base import METHODS, LossTerm, Method
 
-__all__ = ["METHODS", "Method"]
+__all__ = ["METHODS", "LossTerm", "Method"]

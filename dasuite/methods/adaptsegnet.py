@@ -18,8 +18,9 @@ Each step, with labelled ``source`` (s) and unlabelled ``target`` (t) batches an
 and target 1; dasuite uses source = real = 1, which is the same objective with the labels swapped (both losses are
 symmetric under it). One ``OutputSpaceDiscriminator`` per level with its own Adam and poly schedule
 (``dasuite.methods.adversary``: one backward, D stepped in ``on_step_end``). The per-level adversarial part lives in
-``dasuite.methods.output_adversarial`` (``OutputAdversary``), shared with ``mean_teacher``'s ``adversarial:`` block. With ``levels: [main]`` this is the
-single-level model (the notes' "seg loss + adversarial loss on predictions"; AdaptSegNet's single-level variant).
+``dasuite.methods.output_adversarial`` (``OutputAdversary``), shared with ``advent`` and ``mean_teacher``'s
+``adversarial:`` block; the levels and the source loss in ``dasuite.methods.multilevel``. With ``levels: [main]``
+this is the single-level model (the notes' "seg loss + adversarial loss on predictions"; AdaptSegNet's single-level variant).
 
 ``target_bn``: ``train`` (AdaptSegNet) runs the target batch through BatchNorm in train mode, so target batches
 normalise with their own statistics and move the running statistics (AdaptSegNet issue #25: even with a zero
@@ -33,32 +34,27 @@ See docs/adaptsegnet.md.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
-import torch
 from pydantic import Field, field_validator
-from torch import nn
 
-from dasuite.errors import ConfigError
-from dasuite.losses import seg_loss
+from dasuite.lazy import lazy_import
 from dasuite.methods.adversary import AdversaryOptimConfig
-from dasuite.methods.base import METHODS, Batch, Method
+from dasuite.methods.base import METHODS, Batch, LossTerm
+from dasuite.methods.multilevel import Level, LevelWeights, MultiLevelMethod, check_levels
 from dasuite.methods.output_adversarial import OutputAdversary, output_probabilities
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from torch import nn
 
     from dasuite.config.schema import ExperimentConfig
 
-Level = Literal["main", "aux"]
+torch = lazy_import("torch")
 
-
-class LevelWeights(Section):
-    """Adversarial weight per output level (AdaptSegNet, vanilla GAN: 0.001 main, 0.0002 aux)."""
-
-    main: float = Field(0.001, ge=0)
-    aux: float = Field(0.0002, ge=0)
+#: A multi-level tiny DeepLabV2 (the aux level's terms are checked on it).
+MULTI_LEVEL_TOY = {"model.arch": "deeplabv2_r50", "model.options": {"multi_level": True}, "method.levels": ["main", "aux"]}
 
 
 class AdaptSegNetConfig(Section):
@@ -77,15 +73,13 @@ class AdaptSegNetConfig(Section):
     @field_validator("levels")
     @classmethod
     def _levels(cls, v: list[str]) -> list[str]:
-        if "main" not in v or len(set(v)) != len(v):
-            raise ValueError(f"expected [main] or [main, aux], got {v}")
-        return v
+        return check_levels(v)
 
 
 @contextlib.contextmanager
 def batchnorm_eval(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Within the block every BatchNorm of ``model`` is in eval mode (running statistics, no update); restored after."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
     norms = norms if enabled else []
     for m in norms:
         m.train(False)
@@ -96,38 +90,33 @@ def batchnorm_eval(model: nn.Module, enabled: bool = True) -> Iterator[None]:
             m.train(True)
 
 
-@METHODS.register("adaptsegnet")
-class AdaptSegNet(Method):
+@METHODS.register("adaptsegnet", config=AdaptSegNetConfig)
+class AdaptSegNet(MultiLevelMethod):
     """Segmenter ``self.model`` (trained by the engine) and ``self.adversary`` (one discriminator per level)."""
 
     domains = ("source", "target")
     find_unused_parameters = True  # a multi-level model trained with levels [main] leaves its aux head unused
+    loss_terms = (
+        LossTerm("adversarial", "adv_weight.main", on=1.0, reaches=("model",)),
+        LossTerm("adversarial_aux", "adv_weight.aux", on=1.0, reaches=("model",), context=MULTI_LEVEL_TOY),
+        LossTerm("seg_aux", "seg_weight_aux", on=1.0, reaches=("model",), context=MULTI_LEVEL_TOY),
+    )
+    toy_overrides = {"method.levels": ["main"], "method.ndf": 8}
+    #: what the discriminators see of a level's logits (ADVENT overrides it)
+    maps: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] = staticmethod(output_probabilities)
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         self.options: AdaptSegNetConfig = cfg.method
-        self.levels: tuple[str, ...] = tuple(self.options.levels)
-        if "aux" in self.levels and "aux_logits" not in getattr(self.model, "feature_channels", {}):
-            raise ConfigError(
-                f"method.levels={list(self.levels)} needs auxiliary logits, which model {cfg.model.arch!r} (options "
-                f"{cfg.model.options}) does not produce: use a multi-level DeepLabV2 (model.arch=deeplabv2_r101, "
-                f"model.options.multi_level=true) or set method.levels=[main]"
-            )
         self.adversary = OutputAdversary(num_classes, self.levels, self.options.objective, self.options.ndf,
-                                         self.options.discriminator, cfg.train.max_iters)
+                                         self.options.discriminator, cfg.train.max_iters, maps=self.maps)
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {**super().trainable_modules(), "discriminators": self.adversary.modules}
 
     def setup(self, accelerator: "Accelerator") -> None:
         super().setup(accelerator)
         self.adversary.prepare(accelerator)
-
-    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits per level (``main`` always, ``aux`` when in ``levels``) at the model's output stride."""
-        if "aux" not in self.levels:
-            return {"main": self.model(images)}
-        logits, features = self.model(images, return_features=True)
-        return {"main": logits, "aux": features["aux_logits"]}
-
-    probabilities = staticmethod(output_probabilities)
 
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         source, target = batches["source"], batches["target"]
@@ -135,14 +124,7 @@ class AdaptSegNet(Method):
         src = self.predict(source["image"])
         with batchnorm_eval(self.model, opts.target_bn == "eval"):
             tgt = self.predict(target["image"])
-        out: dict[str, torch.Tensor] = {}
-        loss_seg = seg_loss(src["main"], source["label"])
-        total = loss_seg
-        out["loss_seg"] = loss_seg.detach()
-        if "aux" in self.levels:
-            loss_aux = seg_loss(src["aux"], source["label"])
-            total = total + opts.seg_weight_aux * loss_aux
-            out["loss_seg_aux"] = loss_aux.detach()
+        total, out = self.source_loss(src, source["label"])
         weights = {lvl: getattr(opts.adv_weight, lvl) for lvl in self.levels}
         total, adv = self.adversary.add_losses(total, src, tgt, source["image"].shape[-2:], target["image"].shape[-2:],
                                                weights)

@@ -27,18 +27,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-import torch
 from pydantic import Field, field_validator
-from torch import nn
 
-from dasuite.engine.optim import build_scheduler
-from dasuite.engine.schedule import ScheduleConfig
 from dasuite.errors import ConfigError
+from dasuite.lazy import lazy_import
 from dasuite.losses.gan import GAN_OBJECTIVES, gan_loss
+from dasuite.schedule import ScheduleConfig, build_scheduler
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from torch import nn
+
+torch = lazy_import("torch")
 
 
 def _poly_09() -> ScheduleConfig:
@@ -73,7 +74,7 @@ class Adversary:
             raise ConfigError(f"GAN objective must be one of {', '.join(GAN_OBJECTIVES)}, got {objective!r}")
         if not discriminators:
             raise ConfigError("an adversarial method needs at least one discriminator")
-        self.modules = nn.ModuleDict(discriminators)
+        self.modules = torch.nn.ModuleDict(discriminators)
         self.objective = objective
         self.optim_cfg = optim
         self.max_iters = max_iters
@@ -99,7 +100,7 @@ class Adversary:
         names = list(self.modules)
         prepared = accelerator.prepare(*self.modules.values())
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
-        self.modules = nn.ModuleDict(dict(zip(names, prepared)))
+        self.modules = torch.nn.ModuleDict(dict(zip(names, prepared)))
         self._build_optimizer()
 
     def unwrapped(self, name: str) -> nn.Module:

@@ -4,41 +4,67 @@ A method owns its models (the segmentation network under ``self.model``, plus an
 discriminator), says which data domains it draws each step (``domains``), and returns named losses from
 ``training_step``; the engine backpropagates ``losses["loss"]``, steps the optimizer and schedule, logs every
 entry, evaluates ``eval_model()`` and checkpoints ``state_dict()`` (extra state such as an EMA teacher).
+
+A method is one module: a config class (``name: Literal["<name>"]`` plus its keys) and the method class registered
+with ``@METHODS.register("<name>", config=TheConfig)``. The module must import without torch (heavy libraries
+through ``dasuite.lazy.lazy_import``), so config checks stay fast. ``loss_terms`` and ``toy_overrides`` declare
+what ``tests/test_method_contract.py`` checks for every registered method (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
-
-from dasuite.models import create_model
-from dasuite.registry import Registry
+from dasuite.registry import METHODS
 
 if TYPE_CHECKING:
+    import torch
     from accelerate import Accelerator
+    from torch import nn
 
     from dasuite.config.schema import ExperimentConfig
 
-METHODS: Registry[type["Method"]] = Registry("method")
+__all__ = ["METHODS", "Batch", "LossTerm", "Method"]
 
 Batch = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A loss term that a config key switches on: ``method.<key>`` set to ``on`` enables it, ``off`` disables it.
+    Its gradient must reach the parameters of the trainable modules named in ``reaches`` (keys of
+    ``Method.trainable_modules()``) and no other's. ``context``: overrides the term needs besides the method's
+    ``toy_overrides`` (e.g. a multi-level model for an ``aux`` term)."""
+
+    name: str
+    key: str
+    on: Any
+    off: Any = 0.0
+    reaches: tuple[str, ...] = ("model",)
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(abc.ABC):
     """Base class. Subclasses set ``domains`` and implement ``training_step``."""
 
     #: data roles drawn every step, e.g. ("source",) or ("source", "target"); each needs ``data.<role>`` set.
-    domains: tuple[str, ...] = ("source",)
+    domains: ClassVar[tuple[str, ...]] = ("source",)
     #: DDP option, for methods whose step leaves some prepared parameters without a gradient.
-    find_unused_parameters: bool = False
+    find_unused_parameters: ClassVar[bool] = False
     #: False for methods that train no segmenter (``cyclegan``): the engine then evaluates nothing and refuses an
     #: experiment that sets ``data.val`` / ``data.test``; ``summary.json`` has ``best``/``final`` None.
-    evaluates: bool = True
+    evaluates: ClassVar[bool] = True
+    #: the loss terms the config can switch on (checked by the method contract test).
+    loss_terms: ClassVar[tuple[LossTerm, ...]] = ()
+    #: config overrides (dotted key -> value) that turn the toy source-only experiment into a small run of this
+    #: method; a frozen network it names by ``checkpoint`` is created by the contract test when absent.
+    toy_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
+        from dasuite.models import create_model
+
         self.cfg = cfg
         self.num_classes = num_classes
         self.model: nn.Module = create_model(
@@ -51,12 +77,17 @@ class Method(abc.ABC):
         them."""
         return ()
 
+    def trainable_modules(self) -> dict[str, "nn.Module"]:
+        """Every module this method trains, by name: ``model``, the extra modules, and what methods add (e.g. the
+        discriminators, trained by their own optimizer)."""
+        return {"model": self.model, **{name: getattr(self, name) for name in self.extra_modules()}}
+
     def setup(self, accelerator: "Accelerator") -> None:
         """Called once after the engine prepared ``self.model``: place frozen/extra modules on the device here."""
         self.accelerator = accelerator
 
     @abc.abstractmethod
-    def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, "torch.Tensor"]:
         """Return named scalar losses for one micro-batch; ``"loss"`` is the total that is backpropagated.
 
         ``batches[role]`` holds ``image`` (normalised float, augmented per the role's config), ``label`` (int64,
@@ -66,9 +97,13 @@ class Method(abc.ABC):
     def on_step_end(self, step: int) -> None:
         """Called after every optimizer step (EMA updates, threshold schedules)."""
 
-    def eval_model(self) -> nn.Module:
+    def eval_model(self) -> "nn.Module":
         """The network that evaluation and checkpoint selection use."""
         return self.model
+
+    def eval_model_name(self) -> str:
+        """Which network ``eval_model`` is, as ``summary.json`` records it (``student`` unless overridden)."""
+        return "student"
 
     def state_dict(self) -> dict[str, Any]:
         """Extra state to checkpoint besides the prepared model/optimizer/schedule (EMA teacher, D, RNG...)."""

@@ -27,26 +27,31 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from dasuite.data.augment import denormalize_float, normalize
-from dasuite.engine.schedule import ScheduleConfig
 from dasuite.errors import DasuiteError
-from dasuite.losses import seg_loss
+from dasuite.lazy import lazy_import
 from dasuite.losses.gan import GANObjective
-from dasuite.losses.segmentation import upsample_to
 from dasuite.methods.adversary import Adversary, AdversaryOptimConfig
-from dasuite.methods.base import METHODS, Batch, Method
+from dasuite.methods.base import METHODS, Batch, LossTerm, Method
 from dasuite.models.frozen import FrozenModelConfig, build_frozen_model
-from dasuite.models.gan import CycleGenerators, ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
+from dasuite.schedule import ScheduleConfig
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from torch import nn
 
     from dasuite.config.schema import ExperimentConfig
+    from dasuite.models.gan import CycleGenerators
+
+torch = lazy_import("torch")
+gan = lazy_import("dasuite.models.gan")
+segmentation = lazy_import("dasuite.losses.segmentation")
+
+#: A tiny frozen segmenter for the semantic term in the contract test (created there when absent).
+TOY_SEGMENTER = {"checkpoint": "{work_dir}/toy_frozen_segformer_b0.safetensors", "arch": "segformer_b0", "tiny": True}
 
 
 def _cyclegan_d_optim() -> AdversaryOptimConfig:
@@ -82,11 +87,11 @@ class CycleGANConfig(Section):
     semantic: Optional[SemanticConfig] = None
 
 
-def build_generators(cfg: CycleGANConfig) -> CycleGenerators:
+def build_generators(cfg: CycleGANConfig) -> "CycleGenerators":
     """The two ResNet generators (CycleGAN init) as an ``nn.ModuleDict`` keyed ``source_to_target`` and
     ``target_to_source``; ``last.pt["model"]`` of a cyclegan run loads into it."""
-    return CycleGenerators({name: init_weights(ResnetGenerator(3, 3, cfg.ngf, cfg.n_blocks))
-                            for name in ("source_to_target", "target_to_source")})
+    return gan.CycleGenerators({name: gan.init_weights(gan.ResnetGenerator(3, 3, cfg.ngf, cfg.n_blocks))
+                                for name in ("source_to_target", "target_to_source")})
 
 
 def to_tanh_range(images: torch.Tensor) -> torch.Tensor:
@@ -104,12 +109,19 @@ def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() - b.float()).abs().mean()
 
 
-@METHODS.register("cyclegan")
+@METHODS.register("cyclegan", config=CycleGANConfig)
 class CycleGAN(Method):
     """Generators ``self.model`` (engine-trained), discriminators ``self.adversary``, pools per discriminator."""
 
     domains = ("source", "target")
     evaluates = False
+    loss_terms = (
+        LossTerm("cycle", "cycle_weight", on=10.0),
+        LossTerm("identity", "identity_weight", on=0.5),
+        LossTerm("semantic", "semantic", on={"segmenter": TOY_SEGMENTER, "weight": 1.0}, off=None),
+    )
+    toy_overrides = {"method.ngf": 4, "method.n_blocks": 1, "method.ndf": 4, "method.pool_size": 0,
+                     "method.vis_interval": 0}
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:  # no segmenter: Method.__init__ not used
         self.cfg = cfg
@@ -117,15 +129,19 @@ class CycleGAN(Method):
         self.options: CycleGANConfig = cfg.method
         o = self.options
         self.model: nn.Module = build_generators(o)
-        discriminators = {name: init_weights(PatchDiscriminator(3, o.ndf, o.n_layers)) for name in ("target", "source")}
+        discriminators = {name: gan.init_weights(gan.PatchDiscriminator(3, o.ndf, o.n_layers))
+                          for name in ("target", "source")}
         self.adversary = Adversary(discriminators, o.objective, o.discriminator, cfg.train.max_iters)
-        self.pools = {name: ImagePool(o.pool_size) for name in ("target", "source")}
+        self.pools = {name: gan.ImagePool(o.pool_size) for name in ("target", "source")}
         self.segmenter: Optional[nn.Module] = None
         self.segmenter_source: Optional[str] = None
         if o.semantic is not None and o.semantic.weight > 0:
             self.segmenter, self.segmenter_source = build_frozen_model(o.semantic.segmenter, cfg, num_classes,
                                                                                  "method.semantic.segmenter")
         self._last_vis = -1
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "discriminators": self.adversary.modules}
 
     def setup(self, accelerator: "Accelerator") -> None:
         super().setup(accelerator)
@@ -184,9 +200,10 @@ class CycleGAN(Method):
             with self.accelerator.autocast():
                 if labels is None:  # the segmenter's own prediction on the original, at full crop resolution
                     with torch.no_grad():
-                        labels = upsample_to(self.segmenter(original).float(), original.shape[-2:]).argmax(1)
+                        labels = segmentation.upsample_to(self.segmenter(original).float(),
+                                                          original.shape[-2:]).argmax(1)
                 logits = self.segmenter(from_tanh_range(translated))
-            total = total + seg_loss(logits, labels)
+            total = total + segmentation.seg_loss(logits, labels)
         return total
 
     def _visualise(self, step: int, real_s: torch.Tensor, real_t: torch.Tensor, out: dict[str, torch.Tensor]) -> None:

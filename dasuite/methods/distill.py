@@ -19,25 +19,31 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
-from dasuite.data.labels import IGNORE_INDEX
+from dasuite.constants import IGNORE_INDEX
 from dasuite.errors import ConfigError, DasuiteError
-from dasuite.losses import seg_loss
-from dasuite.losses.frequency import HighMode, freq_loss
-from dasuite.losses.kd import at_loss, cwd_loss, kl_loss, sp_loss
-from dasuite.losses.segmentation import upsample_to
-from dasuite.methods.base import METHODS, Batch, Method
+from dasuite.lazy import lazy_import
+from dasuite.losses.frequency import HighMode
+from dasuite.methods.base import METHODS, Batch, LossTerm, Method
 from dasuite.models.frozen import FrozenModelConfig, build_frozen_model
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from torch import nn
 
     from dasuite.config.schema import ExperimentConfig
+
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
+kd = lazy_import("dasuite.losses.kd")
+frequency = lazy_import("dasuite.losses.frequency")
+segmentation = lazy_import("dasuite.losses.segmentation")
+
+#: A tiny frozen teacher for the contract test (created there when absent): wider than the tiny B0 student, so
+#: feature terms need projectors.
+TOY_TEACHER = {"checkpoint": "{work_dir}/toy_frozen_segformer_b2.safetensors", "arch": "segformer_b2", "tiny": True}
 
 
 class FeaturePair(Section):
@@ -107,11 +113,20 @@ class DistillConfig(Section):
 TERMS = ("kl", "at", "sp", "cwd", "freq")
 
 
-@METHODS.register("distill")
+@METHODS.register("distill", config=DistillConfig)
 class Distill(Method):
     """Student = ``self.model`` (trained), teacher = ``self.teacher`` (frozen); losses as in the module docstring."""
 
     domains = ("source",)
+    loss_terms = (
+        LossTerm("task", "task_weight", on=1.0),
+        LossTerm("kl", "kl", on={"weight": 1.0}, off=None),
+        LossTerm("at", "at", on={"weight": 1000.0}, off=None),
+        LossTerm("sp", "sp", on={"weight": 1.0}, off=None),
+        LossTerm("cwd", "cwd", on={"weight": 3.0}, off=None),
+        LossTerm("freq", "freq", on={"weight": 1.0}, off=None, reaches=("model", "projectors")),
+    )
+    toy_overrides = {"method.teacher": TOY_TEACHER}
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         super().__init__(cfg, num_classes)
@@ -120,13 +135,13 @@ class Distill(Method):
         self.teacher_checksum = float(sum(p.double().abs().sum() for p in self.teacher.state_dict().values()
                                           if p.is_floating_point()))
         self.active = [t for t in TERMS if getattr(self.options, t) is not None and getattr(self.options, t).weight > 0]
-        self.projectors = nn.ModuleDict()
+        self.projectors = torch.nn.ModuleDict()
         for term in self.active:
             for index, pair in enumerate(self._pairs(term)):
                 c_s = self._channels(self.model, pair.student, "student")
                 c_t = self._channels(self.teacher, pair.teacher, "teacher")
                 if term in ("cwd", "freq") and c_s != c_t:
-                    self.projectors[f"{term}{index}"] = nn.Conv2d(c_s, c_t, kernel_size=1)
+                    self.projectors[f"{term}{index}"] = torch.nn.Conv2d(c_s, c_t, kernel_size=1)
 
     def _pairs(self, term: str) -> list[FeaturePair]:
         options = getattr(self.options, term)
@@ -150,7 +165,7 @@ class Distill(Method):
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         batch = batches["source"]
         logits, features = self.model(batch["image"], return_features=True)
-        losses = {"loss_seg": seg_loss(logits, batch["label"])}
+        losses = {"loss_seg": segmentation.seg_loss(logits, batch["label"])}
         total = self.options.task_weight * losses["loss_seg"]
         if self.active:
             with torch.no_grad(), self.accelerator.autocast():
@@ -171,18 +186,18 @@ class Distill(Method):
             if f"{term}{index}" in self.projectors:
                 s = self.projectors[f"{term}{index}"](s)
             if term in ("kl", "cwd", "freq"):
-                t = upsample_to(t.float(), s.shape[-2:])
+                t = segmentation.upsample_to(t.float(), s.shape[-2:])
             if term == "kl":
                 valid = self._valid(batch, s) if options.ignore_mask else None
-                total = total + kl_loss(s, t, options.temperature, valid)
+                total = total + kd.kl_loss(s, t, options.temperature, valid)
             elif term == "at":
-                total = total + at_loss(s, t, options.p)
+                total = total + kd.at_loss(s, t, options.p)
             elif term == "sp":
-                total = total + sp_loss(s, t)
+                total = total + kd.sp_loss(s, t)
             elif term == "cwd":
-                total = total + cwd_loss(s, t, options.temperature)
+                total = total + kd.cwd_loss(s, t, options.temperature)
             else:
-                low, high = freq_loss(s, t, options.ratio, options.high)
+                low, high = frequency.freq_loss(s, t, options.ratio, options.high)
                 log["loss_freq_low"], log["loss_freq_high"] = low, high
                 total = total + low + options.high_weight * high
         return total

@@ -31,26 +31,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import nn
 
+from dasuite.constants import IGNORE_INDEX
 from dasuite.data.augment import AugmentConfig, ColorJitterConfig, DeviceAugment, StrongConfig
-from dasuite.data.labels import IGNORE_INDEX
-from dasuite.data.mix import classmix_masks, cutmix_masks, mix
 from dasuite.errors import DasuiteError
-from dasuite.losses import seg_loss
-from dasuite.losses.segmentation import upsample_to
-from dasuite.methods.base import METHODS, Batch, Method
+from dasuite.lazy import lazy_import
+from dasuite.methods.base import METHODS, Batch, LossTerm, Method
 from dasuite.methods.output_adversarial import OutputAdversarialConfig, OutputAdversary
-from dasuite.models.ema import EMATeacher
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from torch import nn
 
     from dasuite.config.schema import ExperimentConfig
+    from dasuite.models.ema import EMATeacher
+
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
+data_mix = lazy_import("dasuite.data.mix")
+ema = lazy_import("dasuite.models.ema")
+segmentation = lazy_import("dasuite.losses.segmentation")
 
 
 def _dacs_strong() -> StrongConfig:
@@ -107,40 +109,44 @@ def confidence_weights(confidence: torch.Tensor, threshold: float, mode: str) ->
 
 def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``sum_p w_p CE_p / P`` over all pixels P of BxHxW ``labels`` (255 counts 0); logits upsampled to labels."""
-    logits = upsample_to(logits, labels.shape[-2:]).float()
+    logits = segmentation.upsample_to(logits, labels.shape[-2:]).float()
     ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
     return (ce * weights).mean()
 
 
-@METHODS.register("mean_teacher")
+@METHODS.register("mean_teacher", config=MeanTeacherConfig)
 class MeanTeacher(Method):
     """Student ``self.model`` (trained), EMA teacher ``self.ema.module``; losses as in the module docstring."""
 
     domains = ("source", "target")
+    loss_terms = (
+        LossTerm("unlabelled", "unlabelled_weight", on=1.0),
+        LossTerm("adversarial", "adversarial.weight", on=1.0, context={"method.adversarial": {"ndf": 8}}),
+    )
+    toy_overrides = {"method.mixing": "cutmix", "method.threshold": 0.5}
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         self.options: MeanTeacherConfig = cfg.method
-        self.ema: Optional[EMATeacher] = None
+        self.ema: Optional["EMATeacher"] = None
         self.strong = DeviceAugment(AugmentConfig(strong=self.options.strong))
-        self.unlabelled_enabled = True  # tests switch the unlabelled term off to show that it reaches the gradient
         adv = self.options.adversarial
         self.adversary = None if adv is None else OutputAdversary.from_config(adv, num_classes, cfg.train.max_iters)
 
     def setup(self, accelerator: "Accelerator") -> None:
         super().setup(accelerator)
         student = accelerator.unwrap_model(self.model)
-        self.ema = EMATeacher(student, self.options.momentum, self.options.momentum_ramp)
+        self.ema = ema.EMATeacher(student, self.options.momentum, self.options.momentum_ramp)
         if self.adversary is not None:
             self.adversary.prepare(accelerator)
 
-    @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher confidence and argmax (both BxHxW at the images' resolution) for normalised Bx3xHxW images."""
-        with self.accelerator.autocast():
-            logits = self.ema.module(images)
-        probs = upsample_to(logits.float(), images.shape[-2:]).softmax(1)
-        confidence, labels = probs.max(1)
+        with torch.no_grad():
+            with self.accelerator.autocast():
+                logits = self.ema.module(images)
+            probs = segmentation.upsample_to(logits.float(), images.shape[-2:]).softmax(1)
+            confidence, labels = probs.max(1)
         return confidence, labels
 
     def unlabelled_batch(self, source: Batch, target: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -156,23 +162,23 @@ class MeanTeacher(Method):
                                    f"data.source.augment.crop and data.target.augment.crop (and train.batch_size)")
             b, _, h, w = images.shape
             if self.options.mixing == "classmix":
-                mask = classmix_masks(source["label"], self.num_classes)
+                mask = data_mix.classmix_masks(source["label"], self.num_classes)
             else:
                 c = self.options.cutmix
-                mask = cutmix_masks(b, h, w, images.device, c.area, c.aspect, c.p)
-            images = mix(mask, source["image"], images)
-            labels = mix(mask, source["label"], labels)
-            weights = mix(mask, torch.ones_like(weights), weights)
+                mask = data_mix.cutmix_masks(b, h, w, images.device, c.area, c.aspect, c.p)
+            images = data_mix.mix(mask, source["image"], images)
+            labels = data_mix.mix(mask, source["label"], labels)
+            weights = data_mix.mix(mask, torch.ones_like(weights), weights)
         log = {"pseudo_confidence": confidence.mean(), "pseudo_kept": kept}
         return self.strong.photometric(images), labels, weights, log
 
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         source, target = batches["source"], batches["target"]
         source_logits = self.model(source["image"])
-        loss_seg = seg_loss(source_logits, source["label"])
+        loss_seg = segmentation.seg_loss(source_logits, source["label"])
         images, labels, weights, log = self.unlabelled_batch(source, target)
         loss_u = weighted_ce(self.model(images), labels, weights)
-        total = loss_seg + self.options.unlabelled_weight * loss_u if self.unlabelled_enabled else loss_seg
+        total = loss_seg + self.options.unlabelled_weight * loss_u
         adv: dict[str, torch.Tensor] = {}
         if self.adversary is not None:  # step 5: the student on the weak target images, source maps reused
             total, adv = self.adversary.add_losses(
@@ -189,6 +195,13 @@ class MeanTeacher(Method):
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.options.eval_teacher else self.model
+
+    def eval_model_name(self) -> str:
+        return "teacher" if self.options.eval_teacher else "student"
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        modules = super().trainable_modules()
+        return modules if self.adversary is None else {**modules, "discriminators": self.adversary.modules}
 
     def state_dict(self) -> dict[str, Any]:
         state = {"teacher": self.ema.state_dict()}

@@ -1,10 +1,12 @@
 """Output-space adversarial adaptation (AdaptSegNet, Tsai et al. CVPR 2018), the per-level part shared by the
-``adaptsegnet`` method and ``mean_teacher``'s optional ``adversarial:`` block (the notes' S11 single model).
+``adaptsegnet`` and ``advent`` methods and ``mean_teacher``'s optional ``adversarial:`` block (the notes' S11 single
+model).
 
 For each output level ``l`` (``main``: the segmenter's logits; ``aux``: a multi-level DeepLabV2's layer3 logits),
 with source logits ``z_s``, target logits ``z_t`` and the input crop sizes:
 
-- ``P_l = softmax(upsample(z, crop size))`` over classes, bilinear, float32 (AdaptSegNet's ``interp`` then softmax);
+- ``P_l = maps(z, crop size)``: by default ``softmax(upsample(z, crop size))`` over classes, bilinear, float32
+  (AdaptSegNet's ``interp`` then softmax); ADVENT passes its weighted self-information maps instead;
 - generator term ``loss_adv_l = gan(D_l(P_l(t)), real)`` with D's parameters detached (trains the segmenter only);
 - discriminator term ``loss_d_l = (gan(D_l(P_l(s).detach()), real) + gan(D_l(P_l(t).detach()), fake)) / 2``
   (trains ``D_l`` only);
@@ -19,15 +21,19 @@ output) and ``lr_d_<l>``. See docs/adaptsegnet.md and docs/self_training.md ("Ad
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Mapping, Sequence
 
-import torch
 from pydantic import Field
 
-from dasuite.losses.segmentation import upsample_to
+from dasuite.lazy import lazy_import
 from dasuite.methods.adversary import Adversary, AdversaryOptimConfig
-from dasuite.models.discriminator import OutputSpaceDiscriminator
 from dasuite.schema_base import Section
+
+if TYPE_CHECKING:
+    import torch
+
+segmentation = lazy_import("dasuite.losses.segmentation")
+discriminator = lazy_import("dasuite.models.discriminator")
 
 
 class OutputAdversarialConfig(Section):
@@ -42,17 +48,20 @@ class OutputAdversarialConfig(Section):
 
 def output_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``softmax(upsample(logits, size))`` over classes, float32, B x K x H x W."""
-    return upsample_to(logits.float(), size).softmax(1)
+    return segmentation.upsample_to(logits.float(), size).softmax(1)
 
 
 class OutputAdversary(Adversary):
-    """One ``OutputSpaceDiscriminator(num_classes, ndf)`` per level in ``levels``, trained as ``Adversary`` does;
-    ``add_losses`` adds the generator and discriminator terms of every level to a method's total loss."""
+    """One ``OutputSpaceDiscriminator(num_classes, ndf)`` per level in ``levels``, trained as ``Adversary`` does, on
+    ``maps(logits, crop size)``; ``add_losses`` adds the generator and discriminator terms of every level to a
+    method's total loss."""
 
     def __init__(self, num_classes: int, levels: Sequence[str], objective: str, ndf: int,
-                 optim: AdversaryOptimConfig, max_iters: int) -> None:
+                 optim: AdversaryOptimConfig, max_iters: int,
+                 maps: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] = output_probabilities) -> None:
         self.levels = tuple(levels)
-        discriminators = {lvl: OutputSpaceDiscriminator(num_classes, ndf) for lvl in self.levels}
+        self.maps = maps
+        discriminators = {lvl: discriminator.OutputSpaceDiscriminator(num_classes, ndf) for lvl in self.levels}
         super().__init__(discriminators, objective, optim, max_iters)
 
     @classmethod
@@ -67,8 +76,8 @@ class OutputAdversary(Adversary):
         level (any output stride; upsampled to ``source_size`` / ``target_size``, the input crops' H x W)."""
         out: dict[str, torch.Tensor] = {}
         for lvl in self.levels:
-            p_src = output_probabilities(source[lvl], source_size)
-            p_tgt = output_probabilities(target[lvl], target_size)
+            p_src = self.maps(source[lvl], source_size)
+            p_tgt = self.maps(target[lvl], target_size)
             loss_adv = self.generator_loss(lvl, p_tgt, real=True)
             loss_d = 0.5 * (self.discriminator_loss(lvl, p_src, real=True)
                             + self.discriminator_loss(lvl, p_tgt, real=False))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from dasuite.losses import seg_loss
+from dasuite.lazy import lazy_import
 from dasuite.methods.base import METHODS, Batch, Method
 from dasuite.schema_base import Section
+
+if TYPE_CHECKING:
+    import torch
+
+losses = lazy_import("dasuite.losses")
 
 
 class SourceOnlyConfig(Section):
@@ -17,7 +20,7 @@ class SourceOnlyConfig(Section):
     name: Literal["source_only"] = "source_only"
 
 
-@METHODS.register("source_only")
+@METHODS.register("source_only", config=SourceOnlyConfig)
 class SourceOnly(Method):
     """Cross-entropy on labelled ``source`` batches. Pointing ``data.source`` at target labels gives the oracle."""
 
@@ -25,5 +28,5 @@ class SourceOnly(Method):
 
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         batch = batches["source"]
-        loss = seg_loss(self.model(batch["image"]), batch["label"])
+        loss = losses.seg_loss(self.model(batch["image"]), batch["label"])
         return {"loss": loss, "loss_seg": loss.detach()}

@@ -17,17 +17,16 @@ Logits are at stride 4 for SegFormer and DeepLabV3+, 8 for DeepLabV2.
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Union
 
 import torch
 from torch import nn
 
-from dasuite.registry import Registry
+from dasuite.registry import MODELS
 
 ModelOutput = Union[torch.Tensor, tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
-# name -> factory(num_classes: int, *, tiny: bool, pretrained: str | None, **options) -> SegModel
-MODELS: Registry[Callable[..., "SegModel"]] = Registry("model")
+__all__ = ["MODELS", "ModelOutput", "SegModel"]
 
 
 class SegModel(nn.Module):

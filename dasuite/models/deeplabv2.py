@@ -204,53 +204,60 @@ def _how_to_get(name: str, resnet_style: str) -> str:
     )
 
 
-def _register(name: str) -> None:
-    def build(
-        num_classes: int,
-        *,
-        tiny: bool = False,
-        pretrained: str | None = None,
-        multi_level: bool = True,
-        classifier_dilations: Sequence[int] = (6, 12, 18, 24),
-        classifier_quirk: bool = False,
-        freeze_bn: bool = True,
-        resnet_style: str = "torchvision",
-    ) -> DeepLabV2:
-        flags = {"multi_level": multi_level, "classifier_quirk": classifier_quirk, "freeze_bn": freeze_bn}
-        _check_options(classifier_dilations, classifier_quirk, flags, resnet_style)
-        backbone = resnet_backbone(
-            name,
-            tiny=tiny,
-            output_stride=8,
-            uniform_dilation=True,
-            stride_in_1x1=resnet_style == "caffe",
-            norm_layer=FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d,
+@MODELS.register("deeplabv2_r50", "deeplabv2_r101")
+def build_deeplabv2(
+    arch: str,
+    num_classes: int,
+    *,
+    tiny: bool = False,
+    pretrained: str | None = None,
+    multi_level: bool = True,
+    classifier_dilations: Sequence[int] = (6, 12, 18, 24),
+    classifier_quirk: bool = False,
+    freeze_bn: bool = True,
+    resnet_style: str = "torchvision",
+) -> DeepLabV2:
+    """DeepLab-v2 on a dilated ResNet (output stride 8), AdaptSegNet's multi-level variant by default (tiny: 16-128
+    channel ResNet).
+
+    Options:
+        multi_level: add the auxiliary classifier on layer3 (AdaptSegNet / ADVENT multi-level); its logits are the
+            ``aux_logits`` feature
+        classifier_dilations: dilations of the summed 3x3 classifier branches (DeepLab-v2's ASPP-sum)
+        classifier_quirk: sum only the first two branches, as AdaptSegNet's released code does (its ``return``
+            inside the loop), which DACS and DAFormer's DeepLab-v2 baseline keep
+        freeze_bn: frozen BatchNorm (affine and running statistics fixed), as in AdaptSegNet / ADVENT
+        resnet_style: ``torchvision`` (stride in the 3x3 conv) or ``caffe`` (stride in the 1x1 conv; the DeepLab
+            COCO / ImageNet weights of AdaptSegNet and ADVENT)
+    """
+    name = arch.split("_", 1)[1]
+    flags = {"multi_level": multi_level, "classifier_quirk": classifier_quirk, "freeze_bn": freeze_bn}
+    _check_options(classifier_dilations, classifier_quirk, flags, resnet_style)
+    backbone = resnet_backbone(
+        name,
+        tiny=tiny,
+        output_stride=8,
+        uniform_dilation=True,
+        stride_in_1x1=resnet_style == "caffe",
+        norm_layer=FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d,
+    )
+    model = DeepLabV2(
+        backbone,
+        num_classes,
+        dilations=classifier_dilations,
+        quirk=classifier_quirk,
+        multi_level=multi_level,
+        resnet_style=resnet_style,
+    )
+    if pretrained is not None:
+        files = TORCHVISION_RESNET_FILES[name] if resnet_style == "torchvision" else CAFFE_FILES.get(name, {})
+        load_pretrained(
+            model,
+            pretrained,
+            filenames=files,
+            how_to_get=_how_to_get(name, resnet_style),
+            convert=convert_deeplabv2_checkpoint,
+            encoder_prefix=DeepLabV2.encoder_prefix,
+            classifier_prefix=DeepLabV2.classifier_prefix,
         )
-        model = DeepLabV2(
-            backbone,
-            num_classes,
-            dilations=classifier_dilations,
-            quirk=classifier_quirk,
-            multi_level=multi_level,
-            resnet_style=resnet_style,
-        )
-        if pretrained is not None:
-            files = TORCHVISION_RESNET_FILES[name] if resnet_style == "torchvision" else CAFFE_FILES.get(name, {})
-            load_pretrained(
-                model,
-                pretrained,
-                filenames=files,
-                how_to_get=_how_to_get(name, resnet_style),
-                convert=convert_deeplabv2_checkpoint,
-                encoder_prefix=DeepLabV2.encoder_prefix,
-                classifier_prefix=DeepLabV2.classifier_prefix,
-            )
-        return model
-
-    build.__name__ = build.__qualname__ = f"deeplabv2_{name}"
-    build.__doc__ = f"DeepLab-v2 {name} (AdaptSegNet multi-level by default; tiny: 16-128 channel ResNet)."
-    MODELS.register(f"deeplabv2_{name}")(build)
-
-
-for _name in TORCHVISION_RESNET_FILES:
-    _register(_name)
+    return model

@@ -166,37 +166,34 @@ def _make_backbone(name: str, tiny: bool, output_stride: int) -> nn.Module:
     return resnet_backbone(name, tiny=tiny, output_stride=output_stride)
 
 
-def _register(name: str) -> None:
+@MODELS.register("deeplabv3plus_r50", "deeplabv3plus_r101", "deeplabv3plus_mobilenetv2")
+def build_deeplabv3plus(
+    arch: str, num_classes: int, *, tiny: bool = False, pretrained: str | None = None, output_stride: int = 16
+) -> DeepLabV3Plus:
+    """DeepLabV3+ on a torchvision ResNet or MobileNetV2 (VainF head; tiny: 8-32 channel backbone, 32-channel head).
+
+    Options:
+        output_stride: 16 (dilated last stage) or 8 (last two stages dilated): the encoder's output stride
+    """
+    name = arch.split("_", 1)[1]
     files = _TORCHVISION_FILES[name]
-
-    def build(
-        num_classes: int, *, tiny: bool = False, pretrained: str | None = None, output_stride: int = 16
-    ) -> DeepLabV3Plus:
-        backbone = _make_backbone(name, tiny, output_stride)
-        widths = (32, 8) if tiny else (256, 48)
-        model = DeepLabV3Plus(
-            backbone, num_classes, output_stride=output_stride, head_channels=widths[0], low_level_channels=widths[1]
+    backbone = _make_backbone(name, tiny, output_stride)
+    widths = (32, 8) if tiny else (256, 48)
+    model = DeepLabV3Plus(
+        backbone, num_classes, output_stride=output_stride, head_channels=widths[0], low_level_channels=widths[1]
+    )
+    if pretrained is not None:
+        load_pretrained(
+            model,
+            pretrained,
+            filenames=files,
+            how_to_get=(
+                f"get the torchvision ImageNet weights {files[0]} (download.pytorch.org/models/{files[0]}) and "
+                f"pass model.pretrained=/path/{files[0]}, or place it in $TORCH_HOME/hub/checkpoints/ and pass "
+                f"model.pretrained=imagenet"
+            ),
+            convert=convert_torchvision_checkpoint,
+            encoder_prefix=DeepLabV3Plus.encoder_prefix,
+            classifier_prefix=DeepLabV3Plus.classifier_prefix,
         )
-        if pretrained is not None:
-            load_pretrained(
-                model,
-                pretrained,
-                filenames=files,
-                how_to_get=(
-                    f"get the torchvision ImageNet weights {files[0]} (download.pytorch.org/models/{files[0]}) and "
-                    f"pass model.pretrained=/path/{files[0]}, or place it in $TORCH_HOME/hub/checkpoints/ and pass "
-                    f"model.pretrained=imagenet"
-                ),
-                convert=convert_torchvision_checkpoint,
-                encoder_prefix=DeepLabV3Plus.encoder_prefix,
-                classifier_prefix=DeepLabV3Plus.classifier_prefix,
-            )
-        return model
-
-    build.__name__ = build.__qualname__ = f"deeplabv3plus_{name}"
-    build.__doc__ = f"DeepLabV3+ on torchvision {name} (VainF head; tiny: 8-32 channel backbone, 32-channel head)."
-    MODELS.register(f"deeplabv3plus_{name}")(build)
-
-
-for _name in _TORCHVISION_FILES:
-    _register(_name)
+    return model

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import model_validator
-from torch import nn
 
 from dasuite.errors import ConfigError, DasuiteError
-from dasuite.models.factory import create_model
+from dasuite.fileio import read_yaml
+from dasuite.models.config import ModelConfig
+from dasuite.rundir import RunDir
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from dasuite.config.schema import ExperimentConfig
 
 
@@ -53,33 +56,37 @@ def fill_run_placeholders(path: str, cfg: "ExperimentConfig", key: str) -> str:
     return path.replace("{fold}", str(folds.pop() if folds else ""))
 
 
-def build_frozen_model(spec: FrozenModelConfig, cfg: "ExperimentConfig", num_classes: int,
-                       key: str) -> tuple[nn.Module, str]:
-    """The frozen network described by ``spec`` (found at config key ``key``, used in error messages) and a
-    description of where its weights came from."""
-    from dasuite.config.load import read_yaml
-    from dasuite.config.schema import ModelConfig
-    from dasuite.engine.loop import load_model_weights
-    from dasuite.engine.rundir import RunDir
-
-    arch, tiny, options, weights = spec.arch, spec.tiny, spec.options, None
+def frozen_weights_path(spec: FrozenModelConfig, cfg: "ExperimentConfig", key: str) -> Optional[Path]:
+    """The weights file ``spec`` names (a run's best, else last checkpoint), placeholders filled; None for
+    ``pretrained``."""
     if spec.run:
         run = RunDir(Path(fill_run_placeholders(spec.run, cfg, f"{key}.run")).expanduser())
+        return run.best if run.best.is_file() else run.last
+    if spec.checkpoint:
+        return Path(fill_run_placeholders(spec.checkpoint, cfg, f"{key}.checkpoint")).expanduser()
+    return None
+
+
+def build_frozen_model(spec: FrozenModelConfig, cfg: "ExperimentConfig", num_classes: int,
+                       key: str) -> tuple["nn.Module", str]:
+    """The frozen network described by ``spec`` (found at config key ``key``, used in error messages) and a
+    description of where its weights came from."""
+    from dasuite.models.factory import create_model
+    from dasuite.models.weights import load_model_weights
+
+    arch, tiny, options = spec.arch, spec.tiny, spec.options
+    weights = frozen_weights_path(spec, cfg, key)
+    if spec.run:
+        run = RunDir(weights.parent.parent)
         if not run.config.is_file():
             raise DasuiteError(f"{key}.run: {str(run.root)!r} is not a dasuite run directory (no config.yaml)")
         model = ModelConfig.model_validate(read_yaml(run.config).get("model", {}))
         arch, tiny = arch or model.arch, model.tiny if tiny is None else tiny
         options = model.options if options is None else options
-        weights = run.best if run.best.is_file() else run.last
         if not weights.is_file():
             raise DasuiteError(f"{key}.run: {str(run.root)!r} has no checkpoint ({run.best} or {run.last})")
-    elif spec.checkpoint:
-        weights = Path(fill_run_placeholders(spec.checkpoint, cfg, f"{key}.checkpoint")).expanduser()
     net = create_model(arch, num_classes, tiny=bool(tiny), pretrained=spec.pretrained, **(options or {}))
     if weights is not None:
-        try:
-            load_model_weights(net, str(weights))
-        except (RuntimeError, DasuiteError) as err:  # shape/key mismatch: another arch/width/num_classes
-            raise DasuiteError(f"{key}: weights {weights} do not fit {arch} (tiny={bool(tiny)}): {err}") from None
+        load_model_weights(net, weights, f"{key}: weights {weights} do not fit {arch} (tiny={bool(tiny)})")
     net.requires_grad_(False).eval()
     return net, str(weights or spec.pretrained)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from dasuite.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from dasuite.constants import IMAGENET_MEAN, IMAGENET_STD
 from dasuite.errors import ConfigError
 
 RESNET_BLOCKS = {"r50": (3, 4, 6, 3), "r101": (3, 4, 23, 3)}

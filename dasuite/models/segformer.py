@@ -253,43 +253,40 @@ def _check_rate(name: str, value: float) -> None:
         raise ConfigError(f"model option {name} must be in [0, 1), got {value!r}")
 
 
-def _register(variant: str) -> None:
-    spec = MIT_SPECS[variant]
+@MODELS.register("segformer_b0", "segformer_b1", "segformer_b2", "segformer_b3", "segformer_b4", "segformer_b5")
+def build_segformer(
+    arch: str,
+    num_classes: int,
+    *,
+    tiny: bool = False,
+    pretrained: str | None = None,
+    drop_path: float = 0.1,
+    dropout: float = 0.1,
+) -> SegFormer:
+    """SegFormer MiT-B0..B5 with the all-MLP decoder (tiny: depth 1 per stage, 8-128 channels).
 
-    def build(
-        num_classes: int,
-        *,
-        tiny: bool = False,
-        pretrained: str | None = None,
-        drop_path: float = 0.1,
-        dropout: float = 0.1,
-    ) -> SegFormer:
-        _check_rate("drop_path", drop_path)
-        _check_rate("dropout", dropout)
-        chosen = TINY_MIT_SPECS[variant] if tiny else spec
-        config = segformer_config(chosen, num_classes, drop_path=drop_path, dropout=dropout)
-        model = SegFormer(config)
-        if pretrained is not None:
-            filename = f"mit_{variant}.pth"
-            load_pretrained(
-                model,
-                pretrained,
-                filenames=(filename,),
-                how_to_get=(
-                    f"download {filename} from the SegFormer release (NVlabs SegFormer, ImageNet-1k MiT weights) "
-                    f"and pass model.pretrained=/path/{filename} (or put it in the torch hub cache and pass "
-                    f"model.pretrained=imagenet)"
-                ),
-                convert=convert_mit_checkpoint,
-                encoder_prefix=SegFormer.encoder_prefix,
-                classifier_prefix=SegFormer.classifier_prefix,
-            )
-        return model
-
-    build.__name__ = build.__qualname__ = f"segformer_{variant}"
-    build.__doc__ = f"SegFormer MiT-{variant.upper()} (decoder {spec.decoder_dim}); tiny: {TINY_MIT_SPECS[variant]}."
-    MODELS.register(f"segformer_{variant}")(build)
-
-
-for _variant in MIT_SPECS:
-    _register(_variant)
+    Options:
+        drop_path: stochastic-depth rate of the encoder blocks, growing linearly to this value (0 = off)
+        dropout: dropout rate before the classifier
+    """
+    variant = arch.rsplit("_", 1)[1]
+    _check_rate("drop_path", drop_path)
+    _check_rate("dropout", dropout)
+    chosen = TINY_MIT_SPECS[variant] if tiny else MIT_SPECS[variant]
+    model = SegFormer(segformer_config(chosen, num_classes, drop_path=drop_path, dropout=dropout))
+    if pretrained is not None:
+        filename = f"mit_{variant}.pth"
+        load_pretrained(
+            model,
+            pretrained,
+            filenames=(filename,),
+            how_to_get=(
+                f"download {filename} from the SegFormer release (NVlabs SegFormer, ImageNet-1k MiT weights) "
+                f"and pass model.pretrained=/path/{filename} (or put it in the torch hub cache and pass "
+                f"model.pretrained=imagenet)"
+            ),
+            convert=convert_mit_checkpoint,
+            encoder_prefix=SegFormer.encoder_prefix,
+            classifier_prefix=SegFormer.classifier_prefix,
+        )
+    return model

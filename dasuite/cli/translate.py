@@ -1,5 +1,4 @@
-"""The ``dasuite translate`` command: parses options and delegates to ``dasuite.translate`` (imported only when the
-command runs, so ``dasuite --help`` stays fast)."""
+"""``dasuite translate``: a CycleGAN run's generator over a whole dataset (delegates to ``dasuite.translate``)."""
 
 from __future__ import annotations
 
@@ -9,16 +8,16 @@ from typing import Any
 import click
 import yaml
 
+from dasuite.cli.common import CONTEXT, echo, friendly_errors
 
-@click.command("translate", context_settings={"help_option_names": ["-h", "--help"], "show_default": True,
-                                 "max_content_width": 100},
-               epilog="""\b
+
+@click.command("translate", context_settings=CONTEXT, epilog="""\b
 Examples:
-  dasuite translate --run runs/CYCLEGAN_RUN/seed0 --input-dataset gta5 --out $DASUITE_DATA/cycle_gta5
-  dasuite translate --run RUN --out OUT --tile 512 --overlap 64 root=/data/gta5 split_file=train.txt
-  dasuite translate --run runs/toy_cyclegan/seed0 --out runs/toy_translated   (toy -> a folder dataset)""")
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="A cyclegan run directory.")
+  dasuite translate --run-dir runs/CYCLEGAN_RUN/seed0 --input-dataset gta5 --out $DASUITE_DATA/cycle_gta5
+  dasuite translate --run-dir RUN --out OUT --tile 512 --overlap 64 root=/data/gta5 split_file=train.txt
+  dasuite translate --run-dir runs/toy_cyclegan/seed0 --out runs/toy_translated   (toy -> a folder dataset)""")
+@click.option("--run-dir", "--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A cyclegan run directory (--run is an alias).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (resumable: finished files are kept).")
 @click.option("--direction", default="source_to_target", help="source_to_target | target_to_source.")
@@ -34,22 +33,17 @@ Examples:
 @click.option("--verify", is_flag=True, help="Also decode every finished file and check its size.")
 @click.option("--overwrite", is_flag=True, help="Replace a translation made with other settings in --out.")
 @click.argument("overrides", nargs=-1)
-def translate_command(**options: Any) -> None:
+@friendly_errors
+def command(run_dir: Path, out: Path, direction: str, checkpoint: str, input_dataset: str | None,
+            tile: int | None, overlap: int, max_side: int, overrides: tuple[str, ...], **options: Any) -> None:
     """Write every image of a dataset translated by a CycleGAN run's generator, in the parent dataset's layout
     and names, with a manifest; prints the dataset entry that trains on the result (docs/translate.md)."""
-    from dasuite.cli import friendly_errors  # imported here: dasuite.cli registers this command
-
-    friendly_errors(_translate)(**options)
-
-
-def _translate(run_dir: Path, out: Path, direction: str, checkpoint: str, input_dataset: str | None,
-               tile: int | None, overlap: int, max_side: int, overrides: tuple[str, ...], **options: Any) -> None:
     from dasuite.models.tiling import Tiling
     from dasuite.translate import Options, translate
 
     manifest = translate(run_dir, out, direction=direction, checkpoint=checkpoint, input_dataset=input_dataset,
                          overrides=overrides, options=Options(Tiling(tile, overlap, max_side), **options))
-    click.echo(format_result(manifest))
+    echo(format_result(manifest))
 
 
 def format_result(manifest: dict) -> str:

@@ -1,7 +1,8 @@
 """The run directory: where a run's config, metrics, TensorBoard events, checkpoints and summary live.
 
 ``<work_dir>/<experiment>/<tag>/`` holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object
-per evaluation), ``tensorboard/`` (events), ``checkpoints/`` (``last.pt``, ``best.safetensors``, ``best.json``),
+per evaluation), ``tensorboard/`` (events), ``checkpoints/`` (``last.pt`` with the RNG states of every process,
+``best.safetensors`` with its iteration and metrics in the file's metadata, ``best.json``: the same for reading),
 the data lists used (e.g. folds), and ``summary.json`` with ``final`` and ``best`` (and ``test`` when a test split is
 configured), each holding ``iteration`` and the metrics in the ``dasuite eval --format json`` shape.
 """
@@ -11,11 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dasuite.config.load import atomic_write_text, dump_config
-from dasuite.config.schema import ExperimentConfig
-from dasuite.engine.checkpoint import write_json
+import yaml
+
+from dasuite.fileio import atomic_write_text, write_json
+
+if TYPE_CHECKING:
+    from dasuite.config.schema import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,7 @@ class RunDir:
     root: Path
 
     @classmethod
-    def for_config(cls, cfg: ExperimentConfig) -> "RunDir":
+    def for_config(cls, cfg: "ExperimentConfig") -> "RunDir":
         return cls(Path(cfg.work_dir) / cfg.name / cfg.run_tag())
 
     @property
@@ -48,7 +52,8 @@ class RunDir:
     def last(self) -> Path:
         return self.checkpoints / "last.pt"
 
-    def rng(self, rank: int) -> Path:
+    def legacy_rng(self, rank: int) -> Path:
+        """Per-process RNG file of runs written before the RNG states moved into ``last.pt``."""
         return self.checkpoints / f"last.rng{rank}.pt"
 
     @property
@@ -59,7 +64,8 @@ class RunDir:
     def best_info(self) -> Path:
         return self.checkpoints / "best.json"
 
-    def write_config(self, cfg: ExperimentConfig) -> None:
+    def write_config(self, cfg: "ExperimentConfig") -> None:
+        """The resolved config (every key, defaults included) as ``config.yaml``."""
         atomic_write_text(self.config, dump_config(cfg))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
@@ -75,3 +81,8 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(summary, self.summary)
+
+
+def dump_config(cfg: "ExperimentConfig") -> str:
+    """The resolved config as YAML (every key, defaults included)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,30 @@
+"""The ``model`` config section (imported without torch: model names come from the registry's source scan)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import Field, field_validator
+
+from dasuite.errors import ConfigError
+from dasuite.registry import MODELS
+from dasuite.schema_base import Section
+
+
+class ModelConfig(Section):
+    """``arch`` is a registered model name (``dasuite list models``); ``options`` are passed to its factory and
+    checked there (``docs/config.md`` lists each architecture's options)."""
+
+    arch: str = "segformer_b0"
+    tiny: bool = False
+    pretrained: Optional[str] = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("arch")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        try:
+            MODELS.entry(v)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return v
