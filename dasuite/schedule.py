@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal, Optional
 
 from pydantic import Field
 
@@ -29,10 +29,14 @@ class ScheduleConfig(Section):
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
     decay_start: float = Field(0.5, ge=0, lt=1)
+    #: iterations the decay runs over (default: ``train.max_iters``); AdaptSegNet and ADVENT decay over 250k
+    #: iterations and stop at 150k / 120k (``horizon: 250000`` with ``train.max_iters: 120000``)
+    horizon: Optional[int] = Field(None, gt=0)
 
 
 def lr_factor(cfg: ScheduleConfig, max_iters: int, base_lr: float) -> Callable[[int], float]:
-    """Multiplier of ``base_lr`` at iteration ``it`` (0-based count of optimizer steps taken).
+    """Multiplier of ``base_lr`` at iteration ``it`` (0-based count of optimizer steps taken); ``max_iters`` is
+    replaced by ``cfg.horizon`` when set.
 
     poly: ``(1 - it/max_iters)^power`` mapped onto [min_lr, base_lr]; step: ``gamma^(milestones passed)``;
     constant: 1; linear: 1 until ``decay_start * max_iters``, then linearly to 0 at ``max_iters``
@@ -40,6 +44,7 @@ def lr_factor(cfg: ScheduleConfig, max_iters: int, base_lr: float) -> Callable[[
     the factor is multiplied by ``1 - (1 - it/warmup_iters) * (1 - warmup_ratio)``, starting at ``warmup_ratio``.
     """
     min_ratio = cfg.min_lr / base_lr if base_lr > 0 else 0.0
+    max_iters = cfg.horizon or max_iters
 
     def factor(it: int) -> float:
         if cfg.name == "poly":

@@ -49,7 +49,7 @@ def evaluate_checkpoint(
     dataset = build_dataset(entry, cfg.data.resize, resize_labels=False)
     require_labels(dataset, f"data.{split}")
     model = create_model(cfg.model.arch, dataset.num_classes, tiny=cfg.model.tiny, **cfg.model.options)
-    load_model_weights(model, checkpoint, f"checkpoint {checkpoint} for model {cfg.model.arch!r}")
+    load_model_weights(model, checkpoint, f"--checkpoint (model {cfg.model.arch})")
     model = model.to(accelerator.device)
     out, _ = evaluate(model, dataset, accelerator, dataset.classes, batch_size=cfg.eval.batch_size,
                       num_workers=cfg.data.num_workers, save_predictions=save_predictions, progress=progress,

@@ -101,7 +101,7 @@ class Trainer:
         if missing:
             raise DasuiteError(f"method {cfg.method.name!r} needs data.{missing[0]}, which the experiment does not set")
         if cfg.train.init_from and not resume:
-            load_model_weights(self.method.model, cfg.train.init_from, f"--init-from {cfg.train.init_from}")
+            load_model_weights(self.method.model, cfg.train.init_from, "--init-from")
         head = getattr(self.method.model, "head_prefixes", ())
         optimizer = build_optimizer(self.method.model, cfg.optim, head, [getattr(self.method, n) for n in self.extras])
         self.scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_iters)

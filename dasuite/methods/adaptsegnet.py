@@ -41,7 +41,7 @@ from pydantic import Field, field_validator
 from dasuite.lazy import lazy_import
 from dasuite.methods.adversary import AdversaryOptimConfig
 from dasuite.methods.base import METHODS, Batch, LossTerm
-from dasuite.methods.multilevel import Level, LevelWeights, MultiLevelMethod, check_levels
+from dasuite.methods.multilevel import MULTI_LEVEL_TOY, Level, LevelWeights, MultiLevelMethod, check_levels
 from dasuite.methods.output_adversarial import OutputAdversary, output_probabilities
 from dasuite.schema_base import Section
 
@@ -52,10 +52,6 @@ if TYPE_CHECKING:
     from dasuite.config.schema import ExperimentConfig
 
 torch = lazy_import("torch")
-
-#: A multi-level tiny DeepLabV2 (the aux level's terms are checked on it).
-MULTI_LEVEL_TOY = {"model.arch": "deeplabv2_r50", "model.options": {"multi_level": True}, "method.levels": ["main", "aux"]}
-
 
 class AdaptSegNetConfig(Section):
     """``method: {name: adaptsegnet, ...}``; defaults are AdaptSegNet's multi-level vanilla-GAN setting. Its LS-GAN

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 losses = lazy_import("dasuite.losses")
 
 Level = Literal["main", "aux"]
+#: overrides that make the toy experiment multi-level (a tiny DeepLabV2 with the aux classifier): the ``aux`` loss
+#: terms' context in the method contract test.
+MULTI_LEVEL_TOY = {"model.arch": "deeplabv2_r50", "model.options": {"multi_level": True},
+                   "method.levels": ["main", "aux"]}
 
 
 class LevelWeights(Section):

@@ -71,8 +71,9 @@ def build_frozen_model(spec: FrozenModelConfig, cfg: "ExperimentConfig", num_cla
                        key: str) -> tuple["nn.Module", str]:
     """The frozen network described by ``spec`` (found at config key ``key``, used in error messages) and a
     description of where its weights came from."""
+    from dasuite.fileio import load_weights
     from dasuite.models.factory import create_model
-    from dasuite.models.weights import load_model_weights
+    from dasuite.models.weights import load_state
 
     arch, tiny, options = spec.arch, spec.tiny, spec.options
     weights = frozen_weights_path(spec, cfg, key)
@@ -87,6 +88,10 @@ def build_frozen_model(spec: FrozenModelConfig, cfg: "ExperimentConfig", num_cla
             raise DasuiteError(f"{key}.run: {str(run.root)!r} has no checkpoint ({run.best} or {run.last})")
     net = create_model(arch, num_classes, tiny=bool(tiny), pretrained=spec.pretrained, **(options or {}))
     if weights is not None:
-        load_model_weights(net, weights, f"{key}: weights {weights} do not fit {arch} (tiny={bool(tiny)})")
+        try:
+            state = load_weights(weights)
+        except DasuiteError as err:
+            raise DasuiteError(f"{key}: {err}") from None
+        load_state(net, state, f"{key}: weights {weights} do not fit {arch} (tiny={bool(tiny)})")
     net.requires_grad_(False).eval()
     return net, str(weights or spec.pretrained)

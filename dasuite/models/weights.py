@@ -15,17 +15,23 @@ if TYPE_CHECKING:
 SHOWN = 3  # mismatched tensors named per error
 
 
-def load_model_weights(model: "nn.Module", path: Union[str, Path], what: str = "") -> None:
+def load_model_weights(model: "nn.Module", path: Union[str, Path], key: str = "") -> None:
     """Copy the weights of ``path`` (``.safetensors``, or a ``.pt`` with a ``model`` entry) into ``model``; a missing,
-    unreadable or mismatched file is a DasuiteError, prefixed by ``what`` (default: the file)."""
-    load_state(model, load_weights(Path(path)), what or str(path))
+    unreadable or mismatched file is a DasuiteError that starts with ``key`` (the option or config key that named
+    the file, e.g. ``--init-from``) and names the file."""
+    prefix = f"{key}: " if key else ""
+    try:
+        state = load_weights(Path(path))
+    except DasuiteError as err:
+        raise DasuiteError(f"{prefix}{err}") from None
+    load_state(model, state, f"{prefix}weights {path}")
 
 
 def load_state(model: "nn.Module", state: dict, what: str) -> None:
     """Copy ``state`` into ``model`` strictly; a mismatch is a DasuiteError starting with ``what``."""
     own = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()  # in the model's order
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if wrong:
