@@ -33,10 +33,17 @@ class DiskFullError(DasuiteError):
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """True for ENOSPC / EDQUOT, also when a library re-raised it as a RuntimeError or SafetensorError text."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return "No space left on device" in str(err) or "os error 28" in str(err)
+    """True for ENOSPC / EDQUOT anywhere in the exception's chain, also when a library re-raised it as text
+    (PyTorch's archive writer: a RuntimeError "unexpected pos" with the OSError as its context; safetensors)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err) or "os error 28" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def one_line(err: BaseException) -> str:
@@ -70,7 +77,8 @@ def friendly_errors(func: F) -> F:
         except KeyboardInterrupt:
             if debugging():
                 raise
-            _say("Aborted (interrupted); a training run continues from its last checkpoint with --resume")
+            _say("Aborted (interrupted): finished work is kept; run the same command again to continue "
+                 "(a training run with --resume)")
             sys.exit(EXIT_INTERRUPTED)
         except DasuiteError as err:
             if debugging():

@@ -15,9 +15,10 @@ class Section(BaseModel):
     """A config section: unknown keys are errors; values are validated (ints stay ints, paths stay strings).
 
     Numbers and booleans must be written as such: ``batch_size: "8"`` is refused (pydantic alone would convert the
-    string), so a value that reached the file quoted by accident is reported instead of silently reinterpreted."""
+    string), so a value that reached the file quoted by accident is reported instead of silently reinterpreted.
+    Each field's meaning is the docstring right under it (``docs/config.md`` is generated from them)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
     @model_validator(mode="before")
     @classmethod
