@@ -1,8 +1,8 @@
-"""Offline pseudo-labelling: the body of ``dasuite pseudo-label`` (users' notes S9).
+"""Offline pseudo-labelling: the body of ``dasuite pseudo-label``.
 
 A trained model labels every image of one data role. For each image the logits are upsampled to the label's
 resolution (the image's when there is no label), ``c = max softmax`` and ``y = argmax``; pixels with ``c`` below
-the threshold become 255. Thresholds: one global ``threshold`` (the notes use 0.5), or per class
+the threshold become 255. Thresholds: one global ``threshold`` (e.g. 0.5), or per class
 ``percentile:p`` (CBST, Zou et al. ECCV'18): class k's threshold is the ``p``-quantile of the confidences of all
 pixels predicted as k, found in a first pass over the data (a 1000-bin histogram per class, interpolated).
 

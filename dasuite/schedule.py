@@ -22,16 +22,24 @@ class ScheduleConfig(Section):
     ``warmup_iters`` applies to all four."""
 
     name: Literal["poly", "step", "constant", "linear"] = "poly"
+    """Shape of the schedule (formulas above)."""
     power: float = Field(1.0, gt=0)
+    """Exponent of ``poly`` (1 = linear decay; DeepLab and AdaptSegNet use 0.9)."""
     min_lr: float = Field(0.0, ge=0)
+    """Learning rate ``poly`` ends at, in every parameter group."""
     warmup_iters: int = Field(0, ge=0)
+    """Iterations of linear warm-up from ``warmup_ratio * lr`` (mmcv convention); 0 = none."""
     warmup_ratio: float = Field(1e-6, ge=0, le=1)
+    """Fraction of the learning rate the warm-up starts from."""
     milestones: list[int] = Field(default_factory=list)
+    """Iterations at which ``step`` multiplies the learning rate by ``gamma``."""
     gamma: float = Field(0.1, gt=0)
+    """Factor ``step`` applies at each milestone."""
     decay_start: float = Field(0.5, ge=0, lt=1)
-    #: iterations the decay runs over (default: ``train.max_iters``); AdaptSegNet and ADVENT decay over 250k
-    #: iterations and stop at 150k / 120k (``horizon: 250000`` with ``train.max_iters: 120000``)
+    """``linear``: fraction of the iterations after which the decay to 0 starts (CycleGAN: 0.5)."""
     horizon: Optional[int] = Field(None, gt=0)
+    """Iterations the decay runs over; null = ``train.max_iters``. AdaptSegNet and ADVENT decay over 250k and stop at
+    150k / 120k (``horizon: 250000``)."""
 
 
 def lr_factor(cfg: ScheduleConfig, max_iters: int, base_lr: float) -> Callable[[int], float]:

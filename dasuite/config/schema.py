@@ -44,9 +44,13 @@ class MixConfig(Section):
     ``equal``, or one positive weight per entry (normalised; per batch element the entry is drawn by weight)."""
 
     name: Literal["mix"] = "mix"
+    """Marks the role as a mix (implied by the ``{mix: [...]}`` and plain-list forms)."""
     mix: list[TrainEntry] = Field(min_length=1)
+    """The dataset entries drawn from; they must share class names, decoded size and whether they have labels."""
     weights: Union[Literal["size", "equal"], list[Annotated[float, Field(gt=0)]]] = "size"
+    """How entries are drawn: ``size`` (proportional to their sizes), ``equal``, or one positive weight each."""
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    """Training augmentation of every entry of the mix (the entries themselves may not set ``augment``)."""
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -71,13 +75,20 @@ class DataConfig(Section):
     list of entries (= ``weights: size``), and their entries may set ``subset`` and ``rcs``."""
 
     resize: Optional[tuple[int, int]] = None
+    """(width, height) every entry is resized to at decode time unless it sets its own; null = stored size."""
     num_workers: int = Field(2, ge=0)
+    """DataLoader worker processes per process (decoding only; augmentation runs on the device)."""
     source: TrainRole
+    """Labelled training data: a dataset entry, a mix ``{mix: [entries], weights: ...}`` or a list of entries."""
     target: Optional[TrainRole] = None
+    """Target-domain training images for adaptation methods (entry, mix or list; labels unused); null = none."""
     val: Optional[DatasetEntry] = None
+    """Evaluated every ``train.eval_interval`` iterations to select the best checkpoint; null = no validation."""
     test: Optional[DatasetEntry] = None
-    #: Fourier Domain Adaptation of every source batch with target images (dasuite/data/fda.py, docs/fda.md).
+    """Evaluated once at the end with the best checkpoint (the final weights without ``val``); null = no test."""
     fda: Optional[FDAConfig] = None
+    """Fourier Domain Adaptation of every source batch with ``data.target`` images, for any method (Yang & Soatto,
+    CVPR'20; docs/fda.md); null = off."""
 
     @field_validator("fda")
     @classmethod
@@ -113,45 +124,68 @@ class OptimConfig(Section):
     recipe uses 10); ``norm_weight_decay`` applies to normalisation layers and position blocks (0 in that recipe)."""
 
     name: Literal["adamw", "sgd"] = "adamw"
+    """Optimizer of the trained network (adversarial methods' discriminators have their own)."""
     lr: float = Field(6e-5, gt=0)
+    """Base learning rate (the head's is ``lr * head_lr_mult``)."""
     weight_decay: float = Field(0.01, ge=0)
+    """Weight decay (decoupled for AdamW, L2 for SGD)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's (beta1, beta2); unused by SGD."""
     momentum: float = Field(0.9, ge=0)
+    """SGD momentum; unused by AdamW."""
     nesterov: bool = False
+    """Use Nesterov momentum (SGD only)."""
     head_lr_mult: float = Field(1.0, gt=0)
+    """Learning-rate multiplier of the head (decoder) and of extra modules such as KD projectors (SegFormer: 10)."""
     norm_weight_decay: Optional[float] = Field(0.0, ge=0)
+    """Weight decay of the body's normalisation layers and position blocks (SegFormer: 0); null = ``weight_decay``."""
     grad_clip: Optional[float] = Field(None, gt=0)
+    """Maximum total gradient norm, clipped before each optimizer step; null = no clipping."""
 
 
 class TrainConfig(Section):
     """Iteration-based training. ``batch_size`` is per process; ``grad_accum`` micro-batches make one iteration."""
 
     max_iters: int = Field(1000, gt=0)
+    """Training length in iterations (optimizer steps)."""
     batch_size: int = Field(4, gt=0)
+    """Images per process and micro-batch (for each data role the method draws)."""
     grad_accum: int = Field(1, gt=0)
+    """Micro-batches accumulated into one iteration."""
     eval_interval: int = Field(500, gt=0)
+    """Iterations between validations on ``data.val`` (also run at the end)."""
     checkpoint_interval: int = Field(500, gt=0)
+    """Iterations between writes of the resumable ``last.pt`` checkpoint (also at the end)."""
     log_interval: int = Field(20, gt=0)
+    """Iterations between scalar logs and checks for a non-finite loss."""
     best_metric: Literal["mIoU", "mAcc", "aAcc", "fwIoU"] = "mIoU"
+    """Validation metric that selects the best checkpoint (higher is better)."""
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None
+    """Mixed-precision mode; null = from ``accelerate launch --mixed_precision`` or the Accelerate config."""
     init_from: Optional[str] = None
+    """Weights file (``.safetensors``, or a ``.pt`` checkpoint's model) that initialises the network, with a fresh
+    optimizer and schedule (not on resume); null = none."""
 
 
 class EvalConfig(Section):
     """Evaluation settings; logits are upsampled to the label's resolution before argmax."""
 
     batch_size: int = Field(2, gt=0)
-    #: extra mIoU summaries over class subsets, added to results as ``mIoU_<name>`` (SYNTHIA -> Cityscapes
-    #: reports 16- and 13-class means besides the 19-class one).
+    """Images per process in an evaluation batch."""
     class_subsets: list[Literal["synthia16", "synthia13"]] = Field(default_factory=list)
+    """Extra mIoU summaries over class subsets, reported as ``mIoU_<subset>`` (SYNTHIA -> Cityscapes reports 16- and
+    13-class means besides the 19-class one)."""
 
 
 class LogConfig(Section):
     """Logging: TensorBoard through Accelerate's tracker, prediction grids, progress bar."""
 
     tensorboard: bool = True
+    """Write TensorBoard events (scalars, image grids) through Accelerate's tracker."""
     num_vis_images: int = Field(4, ge=0)
+    """Rows of image / ground truth / prediction logged at each validation; 0 = none."""
     progress_bar: bool = True
+    """Show tqdm progress bars on the main process."""
 
 
 class ExperimentConfig(Section):
@@ -159,17 +193,29 @@ class ExperimentConfig(Section):
     (``fold<K>_seed<seed>`` when a fold is set)."""
 
     name: str = "experiment"
+    """Experiment name, the first level of the run directory; defaults to the experiment file's stem."""
     seed: int = 0
+    """Seeds Python, NumPy and torch on every process (offset by process index) and the data streams."""
     work_dir: str = "runs"
+    """Folder that holds the run directories (``--work-dir``)."""
     tag: Optional[str] = None
+    """Run tag, the run directory's last level; null = ``seed<seed>`` (``fold<K>_seed<seed>`` with a fold)."""
     data: DataConfig
+    """Datasets per role."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The segmentation network."""
     method: MethodSection = Field(default_factory=lambda: METHODS.config("source_only")())
+    """The training method; ``name`` selects it and the other keys are the method's own (Methods below)."""
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    """Optimizer of the trained network."""
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    """Learning-rate schedule of ``optim``, stepped once per iteration."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """Training loop: length, batch size, intervals, precision."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation settings."""
     log: LogConfig = Field(default_factory=LogConfig)
+    """Logging settings."""
 
     @field_validator("name")
     @classmethod

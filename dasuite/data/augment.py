@@ -52,10 +52,15 @@ class ColorJitterConfig(Section):
     image by U(1-c, 1+c) / U(1-s, 1+s), hue shifted by U(-h, h) turns (torchvision conventions)."""
 
     brightness: float = Field(0.3, ge=0)
+    """Brightness: multiply by U(1-b, 1+b)."""
     contrast: float = Field(0.3, ge=0)
+    """Contrast: blend with the image's mean grey by U(1-c, 1+c)."""
     saturation: float = Field(0.3, ge=0)
+    """Saturation: blend with the grey image by U(1-s, 1+s)."""
     hue: float = Field(0.05, ge=0, le=0.5)
+    """Hue shift range U(-h, h), in turns."""
     p: float = Field(0.8, ge=0, le=1)
+    """Probability per image of applying the jitter."""
 
 
 def _jitter_flag(v: Any, default: "ColorJitterConfig") -> Any:
@@ -72,7 +77,9 @@ class RandAugmentConfig(Section):
     """RandAugment: ``n`` operations per image (distinct, of the 10 photometric ones) at magnitude ``m`` of 30."""
 
     n: int = Field(2, ge=1, le=10)
+    """Distinct operations per image (of the 10 photometric ones)."""
     m: int = Field(10, gt=0, lt=30)
+    """Magnitude of the operations on RandAugment's scale of 30."""
 
 
 class StrongConfig(Section):
@@ -82,11 +89,17 @@ class StrongConfig(Section):
     with probability ``blur`` and sigma ~ U(``blur_sigma``) pixels (kernel ``2 ceil(3 sigma_max) + 1``)."""
 
     policy: Optional[Literal["autoaugment", "randaugment"]] = "autoaugment"
+    """Photometric-only policy: ``autoaugment`` (Kornia's ImageNet policy) or ``randaugment``; null = none."""
     randaugment: RandAugmentConfig = Field(default_factory=RandAugmentConfig)
+    """Settings of ``policy: randaugment``."""
     color_jitter: Optional[ColorJitterConfig] = Field(default_factory=lambda: _strong_jitter())
+    """Colour jitter after the policy (default: UniMatch's strong jitter); null = off."""
     grayscale: float = Field(0.2, ge=0, le=1)
+    """Probability of replacing an image by its grey version."""
     blur: float = Field(0.5, ge=0, le=1)
+    """Probability of a Gaussian blur."""
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    """Blur sigma range [min, max] in pixels, drawn uniformly (kernel ``2 ceil(3 max) + 1``)."""
 
     @field_validator("blur_sigma")
     @classmethod
@@ -111,12 +124,19 @@ class AugmentConfig(Section):
     """
 
     enabled: bool = True
+    """``false``: no random augmentation at all (images are only normalised)."""
     pipeline: Literal["weak", "strong"] = "weak"
+    """``weak`` (rescale, crop, flip, optional jitter) or ``strong`` (``weak``, then the part set in ``strong``)."""
     scale: tuple[float, float] = (0.5, 2.0)
+    """Random rescale ratio range [min, max], drawn uniformly per image."""
     crop: Optional[tuple[int, int]] = None
+    """Random crop (width, height), padded (labels with 255) where the image is smaller; null = the input size."""
     hflip: float = Field(0.5, ge=0, le=1)
+    """Probability of a horizontal flip."""
     color_jitter: Optional[ColorJitterConfig] = None
+    """Colour jitter after the geometric part; null = off, ``true`` or ``{}`` = the defaults."""
     strong: StrongConfig = Field(default_factory=StrongConfig)
+    """The image-only photometric part that ``pipeline: strong`` adds."""
 
     @field_validator("scale")
     @classmethod

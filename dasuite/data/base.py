@@ -32,10 +32,15 @@ class DatasetConfig(Section):
     """
 
     name: str
+    """Selects this dataset (``dasuite list datasets``)."""
     root: Optional[str] = None
+    """Dataset folder; ``$VARS`` and ``~`` are expanded."""
     split: str = "train"
+    """Which split to read (``folder``: the value of ``{split}`` in its folders)."""
     resize: Optional[tuple[int, int]] = None
+    """Fixed (width, height) at decode time (evaluation labels keep their size); null = ``data.resize``."""
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    """Device augmentation used when this entry is trained on; ignored for ``val`` / ``test``."""
 
     @field_validator("resize")
     @classmethod

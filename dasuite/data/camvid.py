@@ -33,10 +33,16 @@ class CamVidConfig(DatasetConfig):
     fold's train + val; ``list_file`` (relative to ``root`` unless absolute) replaces the split folders."""
 
     name: Literal["camvid"] = "camvid"
+    """Selects this dataset (``dasuite list datasets``)."""
     root: str = "$DASUITE_DATA/camvid"
+    """The SegNet ``CamVid/`` folder (``train/``, ``trainannot/``, ``val/``, ...)."""
     split: Literal["train", "val", "test", "trainval"] = "train"
+    """Split to read (``trainval``: train + val); with ``fold``, that part of the fold (``test``: the other fold)."""
     list_file: Optional[str] = None
+    """A SegNet-style list file (``image [label]`` per line) replacing the split folders, relative to ``root`` unless
+    absolute; null = the folders."""
     fold: Optional[Literal[1, 2]] = None
+    """One of the two shipped sequence-disjoint folds (docs/datasets.md); null = the SegNet splits."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "CamVidConfig":

@@ -24,10 +24,16 @@ class CityscapesConfig(DatasetConfig):
     """Options of the ``cityscapes`` dataset (root: the folder holding ``leftImg8bit/`` and ``gtFine/``)."""
 
     name: Literal["cityscapes"] = "cityscapes"
+    """Selects this dataset (``dasuite list datasets``)."""
     root: str = "$DASUITE_DATA/cityscapes"
+    """The folder holding ``leftImg8bit/`` and ``gtFine/``."""
     split: Literal["train", "val", "test"] = "train"
+    """Split to read: 2,975 (train), 500 (val) or 1,525 (test) images; the test split's public labels are all ignore."""
     label_type: Literal["labelIds", "labelTrainIds"] = "labelIds"
+    """``labelIds``: ``*_gtFine_labelIds.png`` mapped to the 19 train ids on the fly; ``labelTrainIds``: the files
+    cityscapesScripts writes."""
     labelled: bool = True
+    """``false``: images only (no ``gtFine/`` needed), e.g. unlabelled target images."""
 
 
 @DATASETS.register("cityscapes", config=CityscapesConfig)

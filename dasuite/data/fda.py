@@ -44,13 +44,15 @@ F = lazy_import("torch.nn.functional")
 
 
 class FDAConfig(Section):
-    """``data.fda``: FDA on every source batch. ``beta``: window half-size as a fraction of ``min(H, W)``
-    (``b = floor(min(H, W) * beta)``); ``p``: probability per source image; ``target_role``: the data role whose
-    (augmented) images give the target amplitudes."""
+    """``data.fda``: FDA on every source batch: each source image takes a random target image's low-frequency
+    amplitude (a centred window of half-size ``b = floor(min(H, W) * beta)`` frequencies) and keeps its own phase."""
 
     beta: float = Field(0.01, gt=0, le=0.5)
+    """Half-size of the swapped low-frequency window as a fraction of the crop's min(H, W) (FDA: 0.01 at 1024x512)."""
     p: float = Field(1.0, ge=0, le=1)
+    """Probability per source image of being translated."""
     target_role: Literal["target"] = "target"
+    """Data role whose augmented images give the target amplitudes."""
 
 
 def low_freq_half_size(height: int, width: int, beta: float) -> int:

@@ -29,10 +29,15 @@ class ClassOptions(DatasetConfig):
     """
 
     classes: list[str] = Field(min_length=1)
+    """Class names in train-id order."""
     palette: Optional[list[Colour]] = None
+    """One ``[r, g, b]`` colour per class for visualisations; null = the PASCAL VOC colour map."""
     label_map: Optional[dict[int, int]] = None
+    """``{raw value: train id}``; unlisted raw values become 255 (ignore); null = raw value v is train id v."""
     ignore_index: Optional[int] = Field(None, ge=0, le=255)
+    """A raw label value that means ignore (mapped to 255); null = only 255."""
     labelled: bool = True
+    """``false``: images only (no labels read), e.g. unlabelled target images."""
 
     @field_validator("palette")
     @classmethod
@@ -77,10 +82,15 @@ class FolderConfig(ClassOptions):
     ``{split}``; ``label_suffix`` replaces the image extension (``.png``, or e.g. ``_mask.png``)."""
 
     name: Literal["folder"] = "folder"
+    """Selects this dataset (``dasuite list datasets``)."""
     images_dir: str = "images"
+    """Image folder relative to ``root``, searched recursively; ``{split}`` becomes ``split``."""
     labels_dir: str = "labels"
+    """Label folder relative to ``root``, with the images' sub-folders; ``{split}`` becomes ``split``."""
     image_exts: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg"], min_length=1)
+    """Extensions of the image files to use (any case)."""
     label_suffix: str = ".png"
+    """Replaces an image's extension to give its label's file name (e.g. ``_mask.png``)."""
 
 
 @DATASETS.register("folder", config=FolderConfig)

@@ -24,12 +24,16 @@ MAX_LOGGED = 20  # mismatched pairs named in the log
 
 
 class GTA5Config(StemListConfig):
-    """Options of the ``gta5`` dataset (``split``, ``split_file``, ``exclude_list``: see ``StemListConfig``);
-    ``size_mismatch``: what to do with pairs whose label size differs from the image size."""
+    """Options of the ``gta5`` dataset (GTA5, "Playing for Data", Richter et al. ECCV'16): the whole image folder or
+    the stems a ``split_file`` lists; ``size_mismatch``: what to do with pairs whose label size differs from the
+    image size."""
 
     name: Literal["gta5"] = "gta5"
+    """Selects this dataset (``dasuite list datasets``)."""
     root: str = "$DASUITE_DATA/gta5"
+    """The folder holding ``images/`` and ``labels/``."""
     size_mismatch: Literal["resize_label", "skip"] = "resize_label"
+    """Pairs whose label size differs from the image's: ``resize_label`` (nearest, to the image) or ``skip``."""
 
 
 @DATASETS.register("gta5", config=GTA5Config)

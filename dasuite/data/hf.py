@@ -31,9 +31,13 @@ class HFConfig(ClassOptions):
     builds for an image folder (default: its own cache)."""
 
     name: Literal["hf"] = "hf"
+    """Selects this dataset (``dasuite list datasets``)."""
     image_column: str = "image"
+    """Column of the images (a ``datasets.Image`` feature)."""
     label_column: str = "label"
+    """Column of the label masks (a ``datasets.Image`` feature)."""
     cache_dir: Optional[str] = None
+    """Where ``datasets`` keeps the Arrow index it builds for an image folder; null = its own cache."""
 
 
 def _local_root(root: Optional[str]) -> Path:

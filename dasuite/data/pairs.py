@@ -71,8 +71,11 @@ class StemListConfig(DatasetConfig):
     ``split_file`` every image is used and ``split`` must be ``all`` (it only labels the entry)."""
 
     split: str = "all"
+    """A name for the selection; anything but ``all`` (every image) needs ``split_file``."""
     split_file: Optional[str] = None
+    """File of image stems to use, one per line (e.g. an official train split); null = every image."""
     exclude_list: Optional[str] = None
+    """File of image stems to drop, one per line (e.g. blank frames); null = none."""
 
     @model_validator(mode="after")
     def _split_needs_file(self) -> "StemListConfig":

@@ -45,11 +45,17 @@ class SubsetConfig(Section):
     experiment seed, so runs with several seeds train on the same images)."""
 
     n: Optional[int] = Field(None, gt=0)
+    """Number of images to keep."""
     fraction: Optional[float] = Field(None, gt=0, le=1)
+    """Fraction of the images to keep (``n = max(1, round(fraction * N))``)."""
     file: Optional[str] = None
+    """File of image names to keep, one per line (e.g. the list a run wrote); relative to the working directory."""
     strategy: Literal["random", "class_balanced"] = "random"
+    """How ``n`` / ``fraction`` images are chosen: ``random`` or ``class_balanced`` (covers rare classes first)."""
     seed: int = 0
+    """The subset's own seed (not the experiment's), so runs with several seeds train on the same images."""
     quota: Optional[int] = Field(None, gt=0)
+    """``class_balanced``: images per class to guarantee; null = ``max(1, n // (2 * classes present))``."""
 
     @model_validator(mode="after")
     def _one_size(self) -> "SubsetConfig":
@@ -64,11 +70,13 @@ class SubsetConfig(Section):
 
 
 class RareClassConfig(Section):
-    """DAFormer's rare-class sampling: ``temperature`` T of the class softmax, ``min_pixels``: an image is a
-    candidate for class c when it holds more than this many pixels of c (at the entry's decode resolution)."""
+    """DAFormer's rare-class sampling: each draw picks a class c with probability ``softmax((1 - f_c) / T)``
+    (``f_c``: the class's pixel frequency), then uniformly one of the images holding more than ``min_pixels`` of it."""
 
     temperature: float = Field(0.01, gt=0)
+    """Temperature T of ``P(c) = softmax((1 - f_c) / T)``; smaller favours rare classes more."""
     min_pixels: int = Field(3000, ge=0)
+    """An image is drawn for class c only if it holds more than this many pixels of c (at decode resolution)."""
 
 
 class TrainingOptions(Section):
@@ -76,7 +84,9 @@ class TrainingOptions(Section):
     dataset's own keys."""
 
     subset: Optional[SubsetConfig] = None
+    """Train on a fixed subset of the entry's images (``n``, ``fraction`` or ``file``); null = all images."""
     rcs: Optional[RareClassConfig] = None
+    """Rare-class sampling (DAFormer, Hoyer et al. CVPR'22); null = uniform sampling."""
 
 
 def training_variants(entry_union: Any) -> tuple[type, ...]:

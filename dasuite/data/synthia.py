@@ -23,11 +23,13 @@ LAYOUT = "RGB/*.png and GT/LABELS/*.png"
 
 
 class SynthiaConfig(StemListConfig):
-    """Options of the ``synthia`` dataset (root: the ``RAND_CITYSCAPES`` folder); ``split``, ``split_file`` and
-    ``exclude_list`` as for gta5."""
+    """Options of the ``synthia`` dataset (SYNTHIA-RAND-CITYSCAPES, Ros et al. CVPR'16): the whole image folder or
+    the stems a ``split_file`` lists, as for gta5."""
 
     name: Literal["synthia"] = "synthia"
+    """Selects this dataset (``dasuite list datasets``)."""
     root: str = "$DASUITE_DATA/synthia"
+    """The ``RAND_CITYSCAPES`` folder (holding ``RGB/`` and ``GT/LABELS/``)."""
 
 
 @DATASETS.register("synthia", config=SynthiaConfig)

@@ -37,11 +37,17 @@ class ToyConfig(DatasetConfig):
     """Options of the ``toy`` dataset; ``size`` is the generated (width, height); ``root`` is unused."""
 
     name: Literal["toy"] = "toy"
+    """Selects this dataset (``dasuite list datasets``)."""
     domain: Literal["synthetic", "real"] = "synthetic"
+    """Appearance: ``synthetic`` (flat colours, a game render) or ``real`` (textures, shadows, noise)."""
     split: Literal["train", "val", "test"] = "train"
+    """Stream of scenes to draw (the three splits are disjoint)."""
     num_images: Optional[int] = Field(None, gt=0)
+    """Number of generated images; null = 200 for ``train``, 40 for ``val`` and ``test``."""
     size: tuple[int, int] = (128, 96)
+    """Generated (width, height) in pixels."""
     seed: int = 0
+    """Seed of the generated scenes (independent of the experiment seed)."""
 
 
 class _Scene:

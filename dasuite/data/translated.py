@@ -35,9 +35,14 @@ class TranslatedConfig(DatasetConfig):
     parent's extension). ``split`` defaults to the parent's; ``root`` is not used."""
 
     name: Literal["translated"] = "translated"
+    """Selects this dataset (``dasuite list datasets``)."""
     parent: ParentEntry
+    """The ``gta5``, ``synthia``, ``cityscapes`` or ``folder`` entry that gives labels, names and order (its ``resize``
+    and ``augment`` are not used)."""
     images_root: str
+    """Folder of the translated images, laid out like the parent's image folder (as ``dasuite translate`` writes it)."""
     image_ext: Optional[str] = Field(None, pattern=r"^\.[A-Za-z0-9]+$")
+    """Extension of the translated files, e.g. ``.jpg``; null = the parent's."""
 
     @model_validator(mode="before")
     @classmethod

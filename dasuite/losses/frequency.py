@@ -1,4 +1,4 @@
-"""Frequency KD (users' note S3): split a feature map into an FFT low-pass part and the rest, distil each part.
+"""Frequency KD: split a feature map into an FFT low-pass part and the rest, and distil each part.
 
 ``low = irfft2(M * rfft2(x))`` with M an ideal 0/1 box around DC, ``high = x - low``. The box keeps the spatial
 frequencies k (integer, k in -n/2..n/2-1 along an axis of n samples) with ``|k| <= floor(ratio * n / 2)`` along

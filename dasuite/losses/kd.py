@@ -1,7 +1,7 @@
 """Knowledge-distillation losses between a student and a (detached) teacher: ``kl``, ``at``, ``sp``, ``cwd``.
 
 Every function takes student tensors first, teacher tensors second, computes in float32 (also under autocast) and
-returns a scalar. Reductions are stated in each docstring (docs/kd.md, kd_anchors.md section 3). Spatial sizes must
+returns a scalar. Reductions are stated in each docstring (docs/kd.md). Spatial sizes must
 already agree where the formula compares positions (``kl``, ``cwd``); ``at`` resizes the teacher's attention map
 itself; ``sp`` compares batch Gram matrices, so sizes and channel counts may differ.
 """

@@ -20,7 +20,7 @@ symmetric under it). One ``OutputSpaceDiscriminator`` per level with its own Ada
 (``dasuite.methods.adversary``: one backward, D stepped in ``on_step_end``). The per-level adversarial part lives in
 ``dasuite.methods.output_adversarial`` (``OutputAdversary``), shared with ``advent`` and ``mean_teacher``'s
 ``adversarial:`` block; the levels and the source loss in ``dasuite.methods.multilevel``. With ``levels: [main]``
-this is the single-level model (the notes' "seg loss + adversarial loss on predictions"; AdaptSegNet's single-level variant).
+this is AdaptSegNet's single-level model: segmentation loss plus an adversarial loss on the predictions.
 
 ``target_bn``: ``train`` (AdaptSegNet) runs the target batch through BatchNorm in train mode, so target batches
 normalise with their own statistics and move the running statistics (AdaptSegNet issue #25: even with a zero
@@ -58,13 +58,22 @@ class AdaptSegNetConfig(Section):
     variant used larger adversarial weights (0.01 main, 0.002 aux): set ``adv_weight`` with ``objective: lsgan``."""
 
     name: Literal["adaptsegnet"] = "adaptsegnet"
+    """Selects this method (``dasuite list methods``)."""
     objective: Literal["vanilla", "lsgan"] = "vanilla"
+    """GAN loss: ``vanilla`` (BCE with logits) or ``lsgan`` (least squares)."""
     levels: list[Level] = Field(default_factory=lambda: ["main", "aux"])
+    """Output levels with a discriminator: ``[main, aux]`` (multi-level DeepLabV2) or ``[main]`` (any segmenter)."""
     adv_weight: LevelWeights = Field(default_factory=LevelWeights)
+    """Adversarial weight per level (AdaptSegNet and ADVENT: 0.001 / 0.0002; AdaptSegNet's LS-GAN: 0.01 / 0.002)."""
     seg_weight_aux: float = Field(0.1, ge=0)
+    """Weight of the ``aux`` level's source cross-entropy (AdaptSegNet and ADVENT: 0.1)."""
     ndf: int = Field(64, gt=0)
+    """Discriminator width (channels ndf, 2ndf, 4ndf, 8ndf)."""
     discriminator: AdversaryOptimConfig = Field(default_factory=AdversaryOptimConfig)
+    """The discriminators' Adam and schedule (AdaptSegNet's: lr 1e-4, poly 0.9)."""
     target_bn: Literal["train", "eval"] = "train"
+    """BatchNorm of the target forward: ``train`` (AdaptSegNet; target statistics, running statistics updated) or
+    ``eval`` (running statistics kept)."""
 
     @field_validator("levels")
     @classmethod

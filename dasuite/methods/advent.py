@@ -26,6 +26,7 @@ class AdvEntConfig(AdaptSegNetConfig):
     """``method: {name: advent, ...}``: the keys of ``adaptsegnet``; defaults are ADVENT's AdvEnt."""
 
     name: Literal["advent"] = "advent"  # type: ignore[assignment]
+    """Selects this method (``dasuite list methods``)."""
 
 
 def self_information_maps(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

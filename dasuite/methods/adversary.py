@@ -51,9 +51,13 @@ class AdversaryOptimConfig(Section):
     AdaptSegNet's: lr 1e-4, betas (0.9, 0.99), no weight decay, poly power 0.9."""
 
     lr: float = Field(1e-4, gt=0)
+    """Adam learning rate of the discriminators."""
     betas: tuple[float, float] = (0.9, 0.99)
+    """Adam's (beta1, beta2)."""
     weight_decay: float = Field(0.0, ge=0)
+    """Adam (L2) weight decay."""
     schedule: ScheduleConfig = Field(default_factory=_poly_09)
+    """The discriminators' learning-rate schedule over ``train.max_iters`` (keys of the top-level ``schedule``)."""
 
     @field_validator("betas")
     @classmethod

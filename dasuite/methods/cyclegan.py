@@ -59,13 +59,18 @@ def _cyclegan_d_optim() -> AdversaryOptimConfig:
 
 
 class SemanticConfig(Section):
-    """CyCADA semantic consistency (module docstring); ``segmenter`` is given like ``distill``'s ``teacher``
-    (``run`` directory, ``checkpoint`` + ``arch``, or ``pretrained`` + ``arch``)."""
+    """CyCADA's semantic consistency: a frozen source-trained segmenter must give a translated image the labels of
+    the original; ``segmenter`` is given like ``distill``'s ``teacher`` (``run`` directory, ``checkpoint`` +
+    ``arch``, or ``pretrained`` + ``arch``)."""
 
     segmenter: FrozenModelConfig
+    """The frozen source-trained segmenter, given like ``distill``'s ``teacher``."""
     weight: float = Field(1.0, ge=0)
+    """Weight of the semantic-consistency loss (TLlib's CyCADA: 1)."""
     labels: Literal["segmenter", "ground_truth"] = "segmenter"
+    """Source labels to keep: ``segmenter`` (its argmax on the original, CyCADA) or ``ground_truth`` (as TLlib)."""
     target_direction: bool = True
+    """Also keep the segmenter's labels of target images translated to the source style."""
 
 
 class CycleGANConfig(Section):
@@ -74,17 +79,29 @@ class CycleGANConfig(Section):
     both discriminators' Adam and schedule; ``vis_interval`` (iterations, 0 = off) logs image grids."""
 
     name: Literal["cyclegan"] = "cyclegan"
+    """Selects this method (``dasuite list methods``)."""
     ngf: int = Field(64, gt=0)
+    """Generator width (channels of its first layer)."""
     n_blocks: int = Field(9, ge=0)
+    """Residual blocks per generator (CycleGAN: 9 for 256x256 crops, 6 for 128x128)."""
     ndf: int = Field(64, gt=0)
+    """Discriminator width (channels of its first layer)."""
     n_layers: int = Field(3, ge=1)
+    """PatchGAN depth (3 = each output judges a 70x70 patch)."""
     objective: GANObjective = "lsgan"
+    """GAN loss: ``lsgan`` (least squares, CycleGAN's) or ``vanilla`` (BCE with logits)."""
     cycle_weight: float = Field(10.0, ge=0)
+    """Weight of the cycle-consistency L1 loss (CycleGAN's lambda_A = lambda_B)."""
     identity_weight: float = Field(0.5, ge=0)
+    """Weight of the identity L1 loss relative to ``cycle_weight`` (CycleGAN's lambda_identity); 0 = off."""
     pool_size: int = Field(50, ge=0)
+    """Translated images in each discriminator's history pool; 0 = no pool."""
     discriminator: AdversaryOptimConfig = Field(default_factory=_cyclegan_d_optim)
+    """Both discriminators' Adam and schedule (CycleGAN's: lr 2e-4, betas 0.5 / 0.999, linear decay from half-way)."""
     vis_interval: int = Field(500, ge=0)
+    """Iterations between TensorBoard grids of real / translated / reconstructed images; 0 = off."""
     semantic: Optional[SemanticConfig] = None
+    """CyCADA's semantic consistency (Hoffman et al., ICML'18); null = off."""
 
 
 def build_generators(cfg: CycleGANConfig) -> "CycleGenerators":

@@ -1,4 +1,4 @@
-"""``distill``: teacher -> student knowledge distillation on labelled ``source`` batches (users' notes S2-S4).
+"""``distill``: teacher -> student knowledge distillation on labelled ``source`` batches.
 
 Total loss = ``task_weight * CE`` + the sum of the configured terms, each ``weight * term`` and each logged as
 ``loss_<term>`` (``loss_seg`` for CE; ``freq`` also logs its raw ``loss_freq_low``/``loss_freq_high``). Terms
@@ -50,64 +50,90 @@ class FeaturePair(Section):
     """A student feature and the teacher feature it is distilled from: ``stage1..4``, ``decoder`` or ``logits``."""
 
     student: str = "decoder"
+    """Student tensor: ``stage1``..``stage4`` (encoder stages), ``decoder`` (the classifier's input) or ``logits``."""
     teacher: str = "decoder"
+    """Teacher tensor, named the same way."""
 
 
 class KLConfig(Section):
     """Pixel-wise KL on logits at the student's logit resolution; ``ignore_mask`` skips pixels labelled 255."""
 
     weight: float = Field(1.0, ge=0)
+    """Weight of the term."""
     temperature: float = Field(1.0, gt=0)
+    """Softmax temperature T (the loss keeps the T^2 factor)."""
     ignore_mask: bool = False
+    """Average over labelled pixels only instead of all pixels."""
 
 
 class ATConfig(Section):
     """Attention transfer, summed over ``pairs``."""
 
     weight: float = Field(1000.0, ge=0)
+    """Weight of the term (the attention-transfer paper's 1000)."""
     p: float = Field(2.0, gt=0)
+    """Exponent p of the attention map ``mean_c |F_c|^p``."""
     pairs: list[FeaturePair] = Field(default_factory=lambda: [FeaturePair(student=f"stage{i}", teacher=f"stage{i}")
                                                                for i in range(1, 5)], min_length=1)
+    """Feature pairs the term is summed over."""
 
 
 class SPConfig(Section):
     """Similarity-preserving KD, summed over ``pairs``."""
 
     weight: float = Field(1.0, ge=0)
+    """Weight of the term."""
     pairs: list[FeaturePair] = Field(default_factory=lambda: [FeaturePair(student="stage4", teacher="stage4")],
                                      min_length=1)
+    """Feature pairs the term is summed over."""
 
 
 class CWDConfig(Section):
     """Channel-wise distillation, summed over ``pairs`` (default: the logits)."""
 
     weight: float = Field(3.0, ge=0)
+    """Weight of the term."""
     temperature: float = Field(4.0, gt=0)
+    """Temperature of the per-channel softmax over positions (the loss keeps the T^2 factor)."""
     pairs: list[FeaturePair] = Field(default_factory=lambda: [FeaturePair(student="logits", teacher="logits")],
                                      min_length=1)
+    """Feature pairs the term is summed over."""
 
 
 class FreqConfig(Section):
     """Frequency KD: ``weight * (L_low + high_weight * L_high)``; ``ratio`` is kept per side (docs/kd.md)."""
 
     weight: float = Field(0.1, ge=0)
+    """Weight of ``L_low + high_weight * L_high``."""
     ratio: float = Field(0.2, gt=0, le=1)
+    """Fraction of the frequencies per axis kept in the low band (0.2 keeps about 4% of the area; 1 keeps all)."""
     high: HighMode = "l1"
+    """High-band loss: ``kd`` (MSE to the teacher's), ``l1`` (L1 to it), ``sparsity`` (student's L1) or ``none``."""
     high_weight: float = Field(1.0, ge=0)
+    """Weight of the high-band loss relative to the low-band one."""
     pair: FeaturePair = Field(default_factory=FeaturePair)
+    """The feature pair compared (a 1x1 projector is added when channel counts differ)."""
 
 
 class DistillConfig(Section):
     """``method: {name: distill, teacher: {...}, kl: {...}, freq: {...}}``; an absent term is off."""
 
     name: Literal["distill"] = "distill"
+    """Selects this method (``dasuite list methods``)."""
     teacher: FrozenModelConfig
+    """The frozen teacher: exactly one of ``run``, ``checkpoint`` + ``arch`` or ``pretrained`` + ``arch``."""
     task_weight: float = Field(1.0, ge=0)
+    """Weight of the student's cross-entropy on ``data.source``."""
     kl: Optional[KLConfig] = None
+    """Pixel-wise KL divergence between softened class distributions (Hinton et al.); null = off."""
     at: Optional[ATConfig] = None
+    """Attention transfer (Zagoruyko & Komodakis, ICLR'17); null = off."""
     sp: Optional[SPConfig] = None
+    """Similarity-preserving KD (Tung & Mori, ICCV'19); null = off."""
     cwd: Optional[CWDConfig] = None
+    """Channel-wise distillation (Shu et al., ICCV'21); null = off."""
     freq: Optional[FreqConfig] = None
+    """Frequency KD: separate losses on a feature's low- and high-frequency parts (docs/kd.md); null = off."""
 
 
 TERMS = ("kl", "at", "sp", "cwd", "freq")

@@ -14,7 +14,8 @@ Each step, with labelled ``source`` and unlabelled ``target`` batches (both alre
    DACS's scalar, the fraction of the batch's target pixels with ``c >= threshold``), or ``q [c_p >= threshold]``
    (``both``); pixels labelled 255 count 0. Dividing by all pixels (not the kept ones) follows DACS and UniMatch.
    ``loss = loss_seg + unlabelled_weight * loss_unlabelled``;
-5. optional ``adversarial:`` block (notes S11, "seg loss + adversarial loss on predictions" + CutMix / FixMatch):
+5. optional ``adversarial:`` block (one segmenter trained with the source segmentation loss, an adversarial loss
+   on its predictions and the CutMix / FixMatch consistency loss):
    AdaptSegNet's single-level output-space term on the student's predictions of the weak target images (one more
    student forward, after the mixing draws) with the source logits of step 4 as D's "real" maps, adding
    ``weight * loss_adv_main + loss_d_main`` (``dasuite.methods.output_adversarial``); D steps in ``on_step_end``.
@@ -66,8 +67,11 @@ class CutMixConfig(Section):
     per image (UniMatch: 0.02-0.4, 0.3-3.3, 0.5)."""
 
     area: tuple[float, float] = (0.02, 0.4)
+    """Box area as a fraction of the image, uniform in [min, max]."""
     aspect: tuple[float, float] = (0.3, 1 / 0.3)
+    """Box aspect ratio width / height, log-uniform in [min, max]."""
     p: float = Field(1.0, ge=0, le=1)
+    """Probability per image of pasting a box (UniMatch: 0.5)."""
 
     @field_validator("area", "aspect")
     @classmethod
@@ -82,17 +86,30 @@ class MeanTeacherConfig(Section):
     scalar weight). FixMatch-style SSL: ``variant: fixmatch, confidence: ignore, threshold: 0.95``."""
 
     name: Literal["mean_teacher"] = "mean_teacher"
+    """Selects this method (``dasuite list methods``)."""
     variant: Literal["mix", "fixmatch"] = "mix"
+    """``mix``: source pixels pasted onto target images (DACS, Tranheden et al. WACV'21); ``fixmatch``: the target image
+    itself (Sohn et al. 2020)."""
     mixing: Literal["classmix", "cutmix"] = "classmix"
+    """With ``variant: mix``: ``classmix`` (half the classes of each source label) or ``cutmix`` (one random box)."""
     cutmix: CutMixConfig = Field(default_factory=CutMixConfig)
+    """Box sampling of ``mixing: cutmix``."""
     momentum: float = Field(0.99, ge=0, lt=1)
+    """EMA momentum of the teacher (DAFormer: 0.999 for transformers; 0 = the student itself, as FixMatch)."""
     momentum_ramp: bool = True
+    """Ramp the momentum up as ``min(1 - 1/(t+1), momentum)`` (DACS, DAFormer); false = constant."""
     threshold: float = Field(0.968, ge=0, le=1)
+    """Confidence threshold of the pseudo-labels (DACS and DAFormer: 0.968; FixMatch: 0.95)."""
     confidence: Literal["ignore", "weight", "both"] = "weight"
+    """Target pixel weights: ``ignore`` (0 below ``threshold``), ``weight`` (all = kept fraction, DACS) or ``both``."""
     unlabelled_weight: float = Field(1.0, ge=0)
+    """Weight of the loss on the mixed (or strong-view) images."""
     strong: StrongConfig = Field(default_factory=_dacs_strong)
+    """Photometric augmentation of those images, keys as ``augment.strong`` (default: DACS's jitter and blur)."""
     eval_teacher: bool = False
+    """Evaluate (and keep as best) the EMA teacher instead of the student."""
     adversarial: Optional[OutputAdversarialConfig] = None
+    """AdaptSegNet's single-level output-space adversarial term on the student's target predictions; null = off."""
 
 
 def confidence_weights(confidence: torch.Tensor, threshold: float, mode: str) -> tuple[torch.Tensor, torch.Tensor]:

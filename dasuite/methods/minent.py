@@ -35,9 +35,13 @@ class MinEntConfig(Section):
     """``method: {name: minent, ...}``; defaults are ADVENT's MinEnt (multi-level DeepLabV2)."""
 
     name: Literal["minent"] = "minent"
+    """Selects this method (``dasuite list methods``)."""
     levels: list[Level] = Field(default_factory=lambda: ["main", "aux"])
+    """Output levels trained: ``[main, aux]`` (multi-level DeepLabV2) or ``[main]`` (any segmenter)."""
     entropy_weight: LevelWeights = Field(default_factory=LevelWeights)
+    """Weight of the target entropy loss per level (ADVENT's MinEnt: 0.001 / 0.0002)."""
     seg_weight_aux: float = Field(0.1, ge=0)
+    """Weight of the ``aux`` level's source cross-entropy (ADVENT: 0.1)."""
 
     @field_validator("levels")
     @classmethod

@@ -37,7 +37,9 @@ class LevelWeights(Section):
     ``main``, 0.0002 on ``aux``)."""
 
     main: float = Field(0.001, ge=0)
+    """Weight of the ``main`` level (the model's logits)."""
     aux: float = Field(0.0002, ge=0)
+    """Weight of the ``aux`` level (a multi-level DeepLabV2's layer3 classifier); unused with ``levels: [main]``."""
 
 
 def check_levels(levels: list[str]) -> list[str]:

@@ -1,6 +1,6 @@
 """Output-space adversarial adaptation (AdaptSegNet, Tsai et al. CVPR 2018), the per-level part shared by the
-``adaptsegnet`` and ``advent`` methods and ``mean_teacher``'s optional ``adversarial:`` block (the notes' S11 single
-model).
+``adaptsegnet`` and ``advent`` methods and ``mean_teacher``'s optional ``adversarial:`` block (one segmenter trained
+with self-training and an adversarial loss on its predictions).
 
 For each output level ``l`` (``main``: the segmenter's logits; ``aux``: a multi-level DeepLabV2's layer3 logits),
 with source logits ``z_s``, target logits ``z_t`` and the input crop sizes:
@@ -41,9 +41,13 @@ class OutputAdversarialConfig(Section):
     Defaults are AdaptSegNet's single-level vanilla GAN (weight 0.001; LS-GAN: ``objective: lsgan, weight: 0.01``)."""
 
     objective: Literal["vanilla", "lsgan"] = "vanilla"
+    """GAN loss: ``vanilla`` (BCE with logits) or ``lsgan`` (least squares)."""
     weight: float = Field(0.001, ge=0)
+    """Weight of the adversarial loss on the segmenter (AdaptSegNet single-level: 0.001; LS-GAN: 0.01)."""
     ndf: int = Field(64, gt=0)
+    """Discriminator width (channels ndf, 2ndf, 4ndf, 8ndf)."""
     discriminator: AdversaryOptimConfig = Field(default_factory=AdversaryOptimConfig)
+    """The discriminator's Adam and schedule (AdaptSegNet's: lr 1e-4, poly 0.9)."""
 
 
 def output_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

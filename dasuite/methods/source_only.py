@@ -18,6 +18,7 @@ class SourceOnlyConfig(Section):
     """No options beyond the name: the model is trained with pixel-wise cross-entropy on ``data.source``."""
 
     name: Literal["source_only"] = "source_only"
+    """Selects this method (``dasuite list methods``)."""
 
 
 @METHODS.register("source_only", config=SourceOnlyConfig)

@@ -16,9 +16,14 @@ class ModelConfig(Section):
     checked there (``docs/config.md`` lists each architecture's options)."""
 
     arch: str = "segformer_b0"
+    """Network architecture, a registered model (``dasuite list models``, docs/models.md)."""
     tiny: bool = False
+    """Build the narrow, shallow variant of the same family (tests and CPU runs)."""
     pretrained: Optional[str] = None
+    """Encoder weights: a local file or directory, or a keyword such as ``imagenet`` (torch hub cache); nothing is
+    downloaded; null = random initialisation."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """The architecture's own options, e.g. ``drop_path`` or ``output_stride`` (Model options below)."""
 
     @field_validator("arch")
     @classmethod

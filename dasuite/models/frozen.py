@@ -31,11 +31,18 @@ class FrozenModelConfig(Section):
     config and are required (``arch``) with a checkpoint or pretrained weights."""
 
     run: Optional[str] = None
+    """A dasuite run directory: its best checkpoint (else ``last.pt``) and the model of its ``config.yaml``;
+    ``{work_dir}``, ``{seed}``, ``{fold}`` are filled in."""
     checkpoint: Optional[str] = None
+    """A weights file (``.safetensors`` or a dasuite ``.pt`` checkpoint) with ``arch``; placeholders as in ``run``."""
     pretrained: Optional[str] = None
+    """Weights as ``model.pretrained`` takes them (file, Hugging Face or run directory, keyword), with ``arch``."""
     arch: Optional[str] = None
+    """The network's registered model name; required with ``checkpoint`` / ``pretrained``, overrides the run's."""
     tiny: Optional[bool] = None
+    """Whether the network is the tiny variant; null = the run's (false without a run)."""
     options: Optional[dict[str, Any]] = None
+    """The network's architecture options; null = the run's (none without a run)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "FrozenModelConfig":

@@ -155,7 +155,8 @@ class SegFormer(SegModel):
 
 
 # --- checkpoint key conversion -------------------------------------------------------------------------------------
-# Original NVlabs / mmseg-0.13 naming -> transformers 4.x naming (kd_anchors.md section 4.5).
+# Original NVlabs / mmseg-0.13 naming (github.com/NVlabs/SegFormer) -> transformers 4.x naming (as transformers'
+# convert_segformer_original_to_pytorch.py renames it).
 _BLOCK_RENAMES = {
     "norm1.": "layer_norm_1.",
     "norm2.": "layer_norm_2.",
