@@ -53,10 +53,13 @@ def type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def default_text(field: Any) -> str:
+def default_value(field: Any) -> Any:
     if field.is_required():
-        return "required"
-    value = field.default_factory() if field.default_factory is not None else field.default
+        return PydanticUndefined
+    return field.default_factory() if field.default_factory is not None else field.default
+
+
+def default_text(value: Any) -> str:
     if value is PydanticUndefined:
         return "required"
     if isinstance(value, BaseModel):
@@ -66,13 +69,17 @@ def default_text(field: Any) -> str:
     return f"`{json.dumps(value, default=lambda m: m.model_dump(mode='json'))}`"
 
 
-def sections(model: type[BaseModel], prefix: str) -> list[tuple[str, type[BaseModel]]]:
-    """``model`` and every nested section class reachable from its fields, with their dotted prefixes."""
-    out = [(prefix, model)]
+def sections(model: type[BaseModel], prefix: str, defaults: Any = None,
+             skip: tuple[str, ...] = ()) -> list[tuple[str, type[BaseModel], Any]]:
+    """``model`` and every nested section class reachable from its fields, with their dotted prefixes and the
+    instance holding their effective defaults (a parent's default overrides the nested class's own)."""
+    out = [(prefix, model, defaults)]
     for name, field in model.model_fields.items():
-        for sub in _section_types(field.annotation):
-            if len(_section_types(field.annotation)) == 1:
-                out += sections(sub, f"{prefix}.{name}" if prefix else name)
+        subs = _section_types(field.annotation)
+        if name in skip or len(subs) != 1:
+            continue
+        value = getattr(defaults, name) if defaults is not None else default_value(field)
+        out += sections(subs[0], f"{prefix}.{name}" if prefix else name, value if isinstance(value, BaseModel) else None)
     return out
 
 
@@ -89,15 +96,17 @@ def _section_types(annotation: Any) -> list[type[BaseModel]]:
     return []
 
 
-def table(model: type[BaseModel], prefix: str, skip: tuple[str, ...] = (), missing: list | None = None) -> list[str]:
+def table(model: type[BaseModel], prefix: str, skip: tuple[str, ...] = (), missing: list | None = None,
+          defaults: Any = None) -> list[str]:
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         if name in skip:
             continue
+        value = getattr(defaults, name) if defaults is not None else default_value(field)
         meaning = " ".join((field.description or "").split()).replace("``", "`").replace("|", "\\|")
         if not meaning and missing is not None:
             missing.append(f"{prefix}.{name}" if prefix else name)
-        rows.append(f"| `{name}` | {type_name(field.annotation)} | {default_text(field)} | {meaning} |")
+        rows.append(f"| `{name}` | {type_name(field.annotation)} | {default_text(value)} | {meaning} |")
     return rows
 
 
@@ -105,7 +114,7 @@ def section_blocks(model: type[BaseModel], prefix: str, missing: list, skip_root
                    seen: set | None = None) -> list[str]:
     seen = set() if seen is None else seen
     lines: list[str] = []
-    for path, cls in sections(model, prefix):
+    for path, cls, defaults in sections(model, prefix, skip=skip_root):
         key = (path, cls)
         if key in seen:
             continue
@@ -113,12 +122,13 @@ def section_blocks(model: type[BaseModel], prefix: str, missing: list, skip_root
         doc = " ".join((cls.__doc__ or "").split("\n\n")[0].split()).replace("``", "`")
         lines += ["", f"#### `{path}`" if path else "#### top level", "", doc, ""] if doc else \
                  ["", f"#### `{path}`", ""]
-        lines += table(cls, path, skip_root if path == prefix else (), missing)
+        lines += table(cls, path, skip_root if path == prefix else (), missing, defaults)
     return lines
 
 
 def generate() -> tuple[str, list[str]]:
     from dasuite.config.schema import ExperimentConfig, MixConfig
+    from dasuite.data.augment import AugmentConfig
     from dasuite.data.sampling import TrainingOptions
     from dasuite.models.factory import option_help
     from dasuite.registry import DATASETS, METHODS, MODELS
@@ -131,7 +141,9 @@ def generate() -> tuple[str, list[str]]:
     lines += ["", "### Training-role keys and mixes", "",
               "Keys an entry of `data.source` / `data.target` (or of their `mix`) adds to its dataset's own:"]
     lines += section_blocks(TrainingOptions, "<entry>", missing)
-    lines += section_blocks(MixConfig, "data.<role> (mix)", missing, skip_root=("mix",))
+    lines += section_blocks(MixConfig, "data.<role> (mix)", missing, skip_root=("mix", "augment"))
+    lines += ["", "### Augmentation of a training entry (`<entry>.augment`, or a mix's `augment`)"]
+    lines += section_blocks(AugmentConfig, "<entry>.augment", missing)
     lines += ["", "### Datasets (`name` of a data entry)"]
     for name, cls in DATASETS.configs().items():
         lines += ["", f"### dataset `{name}`"]
@@ -147,6 +159,7 @@ def generate() -> tuple[str, list[str]]:
         for option, (kind, default, meaning) in help_.items():
             if not meaning:
                 missing.append(f"model.options.{option} ({arch})")
+            meaning = meaning.replace("``", "`")
             lines.append(f"| `{arch}` | `{option}` | {kind} | `{json.dumps(default, default=list)}` | {meaning} |")
         if not help_:
             lines.append(f"| `{arch}` | (none) | | | |")

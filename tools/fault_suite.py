@@ -161,15 +161,20 @@ def _uninterrupted(tmp: Path) -> tuple:
     return metrics(summary(work))
 
 
-KILL_AFTER_REPLACE = """
+def signal_after_checkpoint(sig: str, iteration: int = 4) -> str:
+    """Driver code: send ``signal.<sig>`` to the process right after ``last.pt`` of ``iteration`` is in place."""
+    return f"""
 import dasuite.engine.loop as loop
 real = loop.save_torch
 def save(obj, path):
     real(obj, path)
-    if obj.get("iteration") == 4:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if obj.get("iteration") == {iteration}:
+        os.kill(os.getpid(), signal.{sig})
 loop.save_torch = save
 """
+
+
+KILL_AFTER_REPLACE = signal_after_checkpoint("SIGKILL")
 
 KILL_DURING_WRITE = """
 import dasuite.fileio as fileio
@@ -200,18 +205,9 @@ def sigkill_at(name: str, code: str, tmp: Path, reference: tuple) -> Outcome:
 
 def sigint_training(tmp: Path, reference: tuple) -> Outcome:
     work = tmp / "sigint"
-    args = [sys.executable, "-m", "dasuite", "run", TOY, f"work_dir={work}", "train.max_iters=6", *TINY]
-    code = """
-import dasuite.engine.loop as loop
-real = loop.save_torch
-def save(obj, path):
-    real(obj, path)
-    if obj.get("iteration") == 4:
-        os.kill(os.getpid(), signal.SIGINT)
-loop.save_torch = save
-"""
-    proc = driver(code, *args[3:])
-    resumed = dasuite(*args[3:], "--resume")
+    args = ["run", TOY, f"work_dir={work}", "train.max_iters=6", *TINY]
+    proc = driver(signal_after_checkpoint("SIGINT"), *args)
+    resumed = dasuite(*args, "--resume")
     same = resumed.returncode == 0 and metrics(summary(work)) == reference
     return Outcome("Ctrl-C (SIGINT) during training", error_line(proc),
                    f"last.pt of iteration 4; `--resume` {'equals' if same else 'DIFFERS from'} the uninterrupted run",
