@@ -218,7 +218,7 @@ def test_a_launcher_with_more_processes_than_accelerate_joined_is_refused(monkey
 
     monkeypatch.setattr(acc, "Accelerator", OneProcess)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(DasuiteError, match="launched as 2 processes .* Accelerate joined 1: on a CPU launch with"):
+    with pytest.raises(DasuiteError, match="launched as 2 processes .* joined 1: on a CPU set ACCELERATE_USE_CPU=1"):
         acc.make_accelerator()
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert acc.make_accelerator().num_processes == 1

@@ -14,9 +14,8 @@ from dasuite.cli.common import CONTEXT, echo, friendly_errors, network_options, 
 Examples:
   dasuite eval --run-dir runs/toy_source_only/seed0 --split test --per-class
   dasuite eval --config experiments/camvid/segformer_b0.yaml --checkpoint model.safetensors --format json
-  accelerate launch --cpu --num_processes 2 -m dasuite eval --run-dir runs/toy_source_only/seed0 --split test
-  torchrun --nproc_per_node 2 -m dasuite eval --run-dir runs/toy_source_only/seed0   (GPUs; on a CPU set
-      ACCELERATE_USE_CPU=1)""")
+  torchrun --nproc_per_node 2 -m dasuite eval --run-dir runs/toy_source_only/seed0   (GPUs)
+  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m dasuite eval --run-dir runs/toy_source_only/seed0   (CPU)""")
 @network_options
 @click.option("--split", default="val", help="Which data entry to evaluate: val | test | source | target.")
 @click.option("--per-class", is_flag=True, help="Show per-class IoU and accuracy.")

@@ -9,9 +9,8 @@ from accelerate import Accelerator
 
 from dasuite.errors import DasuiteError
 
-LAUNCH_HELP = ("on a CPU launch with `accelerate launch --cpu --num_processes N -m dasuite ...` (or set "
-               "ACCELERATE_USE_CPU=1 for torchrun); on GPUs check that each process sees a GPU; docs/cli.md, "
-               "'Several processes'")
+LAUNCH_HELP = ("on a CPU set ACCELERATE_USE_CPU=1 (`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m dasuite "
+               "...`); on GPUs check that each process sees one; docs/cli.md, 'Several processes'")
 
 
 def make_accelerator(**kwargs: Any) -> Accelerator:

@@ -9,6 +9,7 @@ Losses are accumulated on the device and read back only at log/eval/checkpoint t
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional
 
@@ -37,6 +38,7 @@ from dasuite.schedule import build_scheduler
 
 
 EVAL_ROLES = ("val", "test")
+logger = logging.getLogger(__name__)
 
 
 def build_datasets(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -191,9 +193,10 @@ class Trainer:
                 raise DasuiteError(f"--resume: {self.run.last} holds no RNG states and {legacy} is missing")
             return load_torch(legacy)
         if len(states) != acc.num_processes:
-            raise DasuiteError(f"--resume: {self.run.last} was written by {len(states)} processes, this run has "
-                               f"{acc.num_processes}; resume with the same number of processes")
-        return states[acc.process_index]
+            logger.warning("--resume: %s was written by %d processes, this run has %d: the training continues from "
+                           "the same iteration and data position, but its random draws differ from an uninterrupted "
+                           "run's", self.run.last, len(states), acc.num_processes)
+        return states[acc.process_index % len(states)]
 
     # ---------------------------------------------------------------------------------------------------- eval
     def _evaluate(self, role: str, vis: int = 0) -> tuple[dict, Optional[torch.Tensor]]:
