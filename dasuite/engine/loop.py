@@ -243,8 +243,7 @@ class Trainer:
         cfg, acc, tcfg = self.cfg, self.accelerator, self.cfg.train
         if acc.is_main_process:
             self.run.root.mkdir(parents=True, exist_ok=True)
-            for folder in (self.run.root, self.run.checkpoints):  # temp files of writes a kill interrupted
-                remove_stale_temps(folder)
+            remove_stale_temps(self.run.root, recursive=True)  # temp files of writes a kill interrupted
             if self.run.best.is_file():  # best.json follows the weights' own metadata (a kill between the writes)
                 best = read_weights_metadata(self.run.best).get("best")
                 if best is not None:
