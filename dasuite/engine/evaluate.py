@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,7 @@ def evaluate(
     accelerator: "Accelerator",
     classes: ClassTable,
     *,
+    inference: Any = None,
     batch_size: int = 1,
     num_workers: int = 0,
     save_predictions: Optional[Path] = None,

@@ -51,7 +51,8 @@ def evaluate_checkpoint(
     model = create_model(cfg.model.arch, dataset.num_classes, tiny=cfg.model.tiny, **cfg.model.options)
     load_model_weights(model, checkpoint, f"--checkpoint (model {cfg.model.arch})")
     model = model.to(accelerator.device)
-    out, _ = evaluate(model, dataset, accelerator, dataset.classes, batch_size=cfg.eval.batch_size,
+    out, _ = evaluate(model, dataset, accelerator, dataset.classes, inference=cfg.eval,
+                      batch_size=cfg.eval.batch_size,
                       num_workers=cfg.data.num_workers, save_predictions=save_predictions, progress=progress,
                       desc=f"eval {split}", class_subsets=tuple(cfg.eval.class_subsets))
     return out

@@ -201,7 +201,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------- eval
     def _evaluate(self, role: str, vis: int = 0) -> tuple[dict, Optional[torch.Tensor]]:
         model = self.accelerator.unwrap_model(self.method.eval_model())
-        return evaluate(model, self.datasets[role], self.accelerator, self.classes,
+        return evaluate(model, self.datasets[role], self.accelerator, self.classes, inference=self.cfg.eval,
                         batch_size=self.cfg.eval.batch_size, num_workers=self.cfg.data.num_workers,
                         num_vis=vis, progress=self.cfg.log.progress_bar, desc=role,
                         class_subsets=tuple(self.cfg.eval.class_subsets))
