@@ -4,7 +4,9 @@ Python API: ``collect_runs(paths)`` finds run directories (``config.yaml`` and, 
 ``build_report(runs, split=..., group_by=..., baseline=...)`` computes the statistics, ``format_report(report, fmt,
 per_class)`` renders them. Per group, the statistics are over independent replicates: one run each, or, when the
 runs have folds (cross test), one fold-average per seed (a seed lacking a fold is excluded and reported). Values are
-fractions 0..1 internally and in json, percentages (2 decimals) in the text formats. See ``docs/report.md``.
+fractions 0..1 internally and in json, percentages (2 decimals) in the text formats. Each run contributes one
+result of its ``summary.json``, chosen by checkpoint (``best``: the highest validation score; ``last``: the end of
+training) and split (``val`` or ``test``); every table says which. See ``docs/report.md``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from dasuite.tables import FORMATS, _check_result, _render
 __all__ = ["Report", "RunRecord", "build_report", "collect_runs", "format_report"]
 
 METRICS = ("mIoU", "mAcc", "aAcc")
-SPLITS = ("test", "best", "final")
+SPLITS = ("test", "val")  # the evaluation split a result comes from
+CHECKPOINTS = ("best", "last")  # best: highest validation train.best_metric; last: the end of training
+# the former --split values, which named a summary.json key: best -> (val, best), final -> (val, last)
+LEGACY_SPLITS = {"best": ("val", "best"), "final": ("val", "last")}
 GROUP_ALIASES = {"experiment": "name", "method": "method.name", "arch": "model.arch"}
 CLASS_PREFIX = "iou/"  # internal key of a class IoU: "iou/<class name>"
 
@@ -47,13 +52,15 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class RunResult:
-    """A finished run in a report: its group, the split used and that result's values by key."""
+    """A finished run in a report: its group, the result used (``checkpoint`` best | last, evaluated on ``split``
+    val | test) and that result's values by key."""
 
     run: RunRecord
     group: str
     split: str
     iteration: int | None
     values: dict[str, float | None]
+    checkpoint: str = "best"
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,11 @@ class Report:
     group_by: str
     baseline: str | None
     confidence: float
+    checkpoint: str = "best"
+
+    def selection(self, rows: Sequence[RunResult] | None = None) -> str:
+        """Which result the rows (default: all) use, in words, e.g. "best checkpoint, test split"."""
+        return describe_selection(self.runs if rows is None else rows)
 
 
 # ----------------------------------------------------------------------------------------------- collecting runs
@@ -151,17 +163,64 @@ def collect_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
 
 
 # ------------------------------------------------------------------------------------------------ building report
-def _pick_result(run: RunRecord, split: str | None) -> tuple[str, dict] | str:
-    """(split used, result), or the reason the run is skipped."""
+def resolve_selection(split: str | None, checkpoint: str | None) -> tuple[str | None, str]:
+    """(split or None = test when the run has one, else val; checkpoint), the former ``--split best|final`` mapped
+    to val with the best / last checkpoint."""
+    if checkpoint is not None and checkpoint not in CHECKPOINTS:
+        raise DasuiteError(f"unknown checkpoint {checkpoint!r}; expected one of {', '.join(CHECKPOINTS)}")
+    if split in LEGACY_SPLITS:
+        split, implied = LEGACY_SPLITS[split]
+        if checkpoint is not None and checkpoint != implied:
+            raise DasuiteError(f"--split {'best' if implied == 'best' else 'final'} means the {implied} checkpoint on "
+                               f"the validation split, but --checkpoint {checkpoint} was given: use --split val "
+                               f"--checkpoint {checkpoint}")
+        checkpoint = implied
+    if split is not None and split not in SPLITS:
+        raise DasuiteError(f"unknown split {split!r}; expected one of {', '.join([*SPLITS, *LEGACY_SPLITS])}")
+    return split, checkpoint or "best"
+
+
+def _pick_result(run: RunRecord, split: str | None, checkpoint: str) -> tuple[str, str, dict] | str:
+    """(split used, checkpoint used, result), or the reason the run is skipped.
+
+    ``summary.json`` holds ``best`` (validation, best checkpoint), ``final`` (validation, last checkpoint) and
+    ``test``: the test split evaluated with the best weights, or with the last ones when nothing was validated. A
+    test result therefore serves ``last`` only when the best checkpoint is the last one (same iteration) or there is
+    no validation; a run without validation has no best checkpoint and reports its last one (labelled ``last``)."""
     summary = run.summary
     if summary is None:
         return "unfinished (no summary.json)"
+    best, final, test = summary.get("best"), summary.get("final"), summary.get("test")
     if split is None:
-        split = "test" if summary.get("test") else "best"
-    result = summary.get(split)
-    if not result:
-        return f"summary.json has no {split!r} result" + ("" if split != "best" else " (and no 'test')")
-    return split, _check_result(result, f"{run.path / 'summary.json'}: {split}")
+        split = "test" if test else "val"
+    where = f"{run.path / 'summary.json'}"
+    if split == "val":
+        key = "best" if checkpoint == "best" else "final"
+        result = summary.get(key)
+        if not result:
+            return f"summary.json has no validation result ({key!r})" + ("" if test else " and no 'test'")
+        return "val", checkpoint, _check_result(result, f"{where}: {key}")
+    if not test:
+        return "summary.json has no 'test' result"
+    if not best:  # nothing validated: the test result is of the last weights
+        return "test", "last", _check_result(test, f"{where}: test")
+    if checkpoint == "last" and not (final and test.get("iteration") == final.get("iteration")):
+        return (f"its test result is of the best checkpoint (iteration {test.get('iteration')}), not the last "
+                f"(iteration {(final or {}).get('iteration')}); evaluate the last one with `dasuite eval --run-dir "
+                f"{run.path} --checkpoint last --split test`, or report --split val --checkpoint last")
+    return "test", checkpoint, _check_result(test, f"{where}: test")
+
+
+def describe_selection(rows: Sequence[RunResult]) -> str:
+    """"best checkpoint, test split" when every row uses the same result, else the mix, e.g. "mixed: best
+    checkpoint, test split (4 runs); best checkpoint, val split (2 runs)"."""
+    kinds: dict[tuple[str, str], int] = {}
+    for r in rows:
+        kinds[r.checkpoint, r.split] = kinds.get((r.checkpoint, r.split), 0) + 1
+    words = {k: f"{k[0]} checkpoint, {k[1]} split" for k in kinds}
+    if len(kinds) == 1:
+        return next(iter(words.values()))
+    return "mixed: " + "; ".join(f"{words[k]} ({n} run{'s' if n > 1 else ''})" for k, n in kinds.items())
 
 
 def _values(result: dict, where: str) -> dict[str, float | None]:
@@ -236,26 +295,27 @@ def _find_baseline(baseline: str, groups: dict[str, GroupStats], group_by: str) 
 
 
 def build_report(runs: Sequence[RunRecord], split: str | None = None, group_by: str = "experiment",
-                 baseline: str | None = None, confidence: float = 0.95) -> Report:
+                 baseline: str | None = None, confidence: float = 0.95, checkpoint: str | None = None) -> Report:
     """Group the finished runs by ``group_by`` (experiment | method | arch | a dotted config key) and compute per
     group the statistics of mIoU, mAcc, aAcc and each class IoU; with ``baseline``, Welch comparisons of every other
-    group with it. ``split`` None uses each run's test result, else its best (validation) result."""
-    if split is not None and split not in SPLITS:
-        raise DasuiteError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    group with it. Each run contributes the result of ``checkpoint`` (``best``, the default, or ``last``) on
+    ``split`` (``test``, ``val``; None: test when the run has one, else val); ``split="best"`` / ``"final"`` (the
+    former names) mean val with the best / last checkpoint."""
+    split, checkpoint = resolve_selection(split, checkpoint)
     if not 0.0 < confidence < 1.0:
         raise DasuiteError(f"--confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence}")
     rows, skipped, warnings, values = [], [], [], {}
     for run in sorted(runs, key=lambda r: (r.experiment, r.seed is None, r.seed or 0, r.fold or 0, str(r.path))):
-        picked = _pick_result(run, split)
+        picked = _pick_result(run, split, checkpoint)
         if isinstance(picked, str):
             skipped.append((str(run.path), picked))
             warnings.append(f"skipped {run.path}: {picked}")
             continue
-        used, result = picked
+        used, ckpt, result = picked
         value = _group_value(run, group_by)
         values.setdefault(_label(value), value)
         rows.append(RunResult(run, _label(value), used, result.get("iteration"),
-                              _values(result, f"{run.path / 'summary.json'}: {used}")))
+                              _values(result, f"{run.path / 'summary.json'}: {used}"), ckpt))
     if not rows:
         listed = "; ".join(f"{p} ({why})" for p, why in skipped) or "none given"
         raise DasuiteError(f"no finished runs to report; runs found: {listed}")
@@ -267,6 +327,10 @@ def build_report(runs: Sequence[RunRecord], split: str | None = None, group_by: 
         splits = sorted({r.split for r in members})
         if len(splits) > 1:
             warnings.append(f"group {name!r} mixes splits ({', '.join(splits)}); pass --split to use one")
+        checkpoints = sorted({r.checkpoint for r in members})
+        if len(checkpoints) > 1:
+            warnings.append(f"group {name!r} mixes checkpoints ({', '.join(checkpoints)}): runs without validation "
+                            "have only their last checkpoint")
         groups[name] = _group_stats(name, value, members, keys, confidence, warnings)
     comparisons = []
     if baseline is not None:
@@ -274,7 +338,8 @@ def build_report(runs: Sequence[RunRecord], split: str | None = None, group_by: 
         base = groups[baseline]
         comparisons = [(name, baseline, k, welch(g.rep.samples[k], base.rep.samples[k], confidence))
                        for name, g in groups.items() if name != baseline for k in keys]
-    return Report(rows, groups, comparisons, classes, skipped, warnings, split, group_by, baseline, confidence)
+    return Report(rows, groups, comparisons, classes, skipped, warnings, split, group_by, baseline, confidence,
+                  checkpoint)
 
 
 # ------------------------------------------------------------------------------------------------------ rendering
@@ -296,29 +361,31 @@ def _tables(report: Report, per_class: bool) -> list[tuple[str, list[str], list[
     conf = f"{100 * report.confidence:g}% CI"
     tables = []
     exp = [] if report.group_by == "experiment" else ["experiment"]  # tags repeat across experiments
-    runs = [[[g, *(r.run.experiment for _ in exp), r.run.tag, _str(r.run.seed), _str(r.run.fold), r.split,
-              _str(r.iteration), *(_pct(r.values.get(k)) for k in keys)] for r in report.runs if r.group == g]
+    runs = [[[g, *(r.run.experiment for _ in exp), r.run.tag, _str(r.run.seed), _str(r.run.fold), r.checkpoint,
+              r.split, _str(r.iteration), *(_pct(r.values.get(k)) for k in keys)] for r in report.runs if r.group == g]
             for g in report.groups]
-    tables.append(("Runs (%; split = the summary.json result used)",
-                   ["group", *exp, "tag", "seed", "fold", "split", "iter", *map(_key_label, keys)], runs))
+    used = report.selection()
+    tables.append((f"Runs ({used}; %; ckpt best = highest validation score, last = end of training)",
+                   ["group", *exp, "tag", "seed", "fold", "ckpt", "split", "iter", *map(_key_label, keys)], runs))
     groups = [g.rep for g in report.groups.values()]
     folded = any(rep.folds for rep in groups)
     stats = [[[name, _key_label(k), str(rep.stats[k].n), *map(_pct, (rep.stats[k].mean, rep.stats[k].std,
                rep.stats[k].ci))] for k in keys] for name, rep in zip(report.groups, groups)]
-    tables.append((f"Groups by {report.group_by}: mean, sample std, {conf} half-width (Student t) over "
+    tables.append((f"Groups by {report.group_by} ({used}): mean, sample std, {conf} half-width (Student t) over "
                    f"{'replicates (runs; seeds with their folds averaged)' if folded else 'runs'} (%)",
                    ["group", "metric", "n", "mean", "std", f"± {conf}"], stats))
     if folded:
         folds = [[[name, str(i), str(len(rep.units)), *(_pct(m.get(k)) for k in keys)]
                   for i, m in rep.fold_means.items()] for name, rep in zip(report.groups, groups) if rep.folds]
-        tables.append(("Per-fold means over the seeds used (%)", ["group", "fold", "n", *map(_key_label, keys)], folds))
+        tables.append((f"Per-fold means over the seeds used ({used}; %)", ["group", "fold", "n", *map(_key_label, keys)],
+                       folds))
     if report.comparisons:
         shown = set(keys)
         rows = [[g, _key_label(k), str(c.n_a), str(c.n_b), _pct(c.diff, "+"), _pct(c.ci),
                  None if c.df is None else f"{c.df:.1f}", None if c.p_value is None else f"{c.p_value:.3g}"]
                 for g, _, k, c in report.comparisons if k in shown]
         sections = [[row for row in rows if row[0] == g] for g in report.groups if g != report.baseline]
-        tables.append((f"Difference to baseline {report.baseline!r} (group - baseline, % points; Welch {conf}, "
+        tables.append((f"Difference to baseline {report.baseline!r} ({used}; group - baseline, % points; Welch {conf}, "
                        "two-sided p)", ["group", "metric", "n", "n base", "diff", f"± {conf}", "df", "p"], sections))
     return tables
 
@@ -336,7 +403,8 @@ def _split_keys(values: dict[str, Any], per_class: bool, convert=lambda v: v) ->
 
 def _to_json(report: Report, per_class: bool) -> dict:
     runs = [{"path": str(r.run.path), "experiment": r.run.experiment, "tag": r.run.tag, "group": r.group,
-             "seed": r.run.seed, "fold": r.run.fold, "split": r.split, "iteration": r.iteration,
+             "seed": r.run.seed, "fold": r.run.fold, "checkpoint": r.checkpoint, "split": r.split,
+             "iteration": r.iteration,
              **_split_keys(r.values, per_class)} for r in report.runs]
     groups = {g.name: {"value": g.value, "n": len(g.rep.units), "units": g.rep.units, "folds": g.rep.folds,
                        "excluded": g.rep.missing, **_split_keys(g.rep.stats, per_class, _summary_json),
@@ -347,7 +415,8 @@ def _to_json(report: Report, per_class: bool) -> dict:
                     "class": k[len(CLASS_PREFIX):] if k.startswith(CLASS_PREFIX) else None, "n": c.n_a,
                     "n_baseline": c.n_b, "diff": c.diff, "ci": c.ci, "df": c.df, "p_value": c.p_value}
                    for g, b, k, c in report.comparisons if per_class or not k.startswith(CLASS_PREFIX)]
-    settings = {"split": report.split or "test, else best", "group_by": report.group_by, "baseline": report.baseline,
+    settings = {"checkpoint": report.checkpoint, "split": report.split or "test, else val",
+                "used": report.selection(), "group_by": report.group_by, "baseline": report.baseline,
                 "confidence": report.confidence, "values": "fractions 0..1"}
     return {"settings": settings, "runs": runs, "groups": groups, "comparisons": comparisons,
             "skipped": [{"path": p, "reason": why} for p, why in report.skipped], "warnings": report.warnings}

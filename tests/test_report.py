@@ -200,14 +200,53 @@ def test_split_choice(tmp_path: Path) -> None:
     make_run(tmp_path, "e", 0, test=0.5, best=0.6)
     make_run(tmp_path, "e", 1, best=0.7)  # no test split configured
     report = build_report(collect_runs([tmp_path]))
-    assert [r.split for r in report.runs] == ["test", "best"]
-    assert any("mixes splits (best, test)" in w for w in report.warnings)
+    assert [(r.checkpoint, r.split) for r in report.runs] == [("best", "test"), ("best", "val")]
+    assert any("mixes splits (test, val)" in w for w in report.warnings)
     assert report.groups["e"].rep.stats["mIoU"].mean == pytest.approx(0.6)
-    best = build_report(collect_runs([tmp_path]), split="best")
-    assert best.groups["e"].rep.stats["mIoU"].mean == pytest.approx(0.65)
+    assert report.selection() == "mixed: best checkpoint, test split (1 run); best checkpoint, val split (1 run)"
+    val = build_report(collect_runs([tmp_path]), split="val")
+    assert val.groups["e"].rep.stats["mIoU"].mean == pytest.approx(0.65)
+    assert val.selection() == "best checkpoint, val split"
     only_test = build_report(collect_runs([tmp_path]), split="test")
     assert only_test.groups["e"].rep.stats["mIoU"].n == 1
     assert only_test.skipped[0][1] == "summary.json has no 'test' result"
+
+
+def test_checkpoint_choice_best_or_last(tmp_path: Path) -> None:
+    """best = the highest validation result (summary.json 'best'), last = the end of training ('final'); the test
+    result is of the best weights, so it serves 'last' only when the best evaluation was the last one."""
+    run = make_run(tmp_path, "e", 0, test=0.5, best=0.6)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["final"] = result(0.55, 200)
+    (run / "summary.json").write_text(json.dumps(summary))
+    last_val = build_report(collect_runs([tmp_path]), split="val", checkpoint="last")
+    (row,) = last_val.runs
+    assert (row.checkpoint, row.split, row.iteration, row.values["mIoU"]) == ("last", "val", 200, 0.55)
+    assert last_val.selection() == "last checkpoint, val split"
+    best_val = build_report(collect_runs([tmp_path]), split="val")
+    assert (best_val.runs[0].iteration, best_val.runs[0].values["mIoU"]) == (150, 0.6)
+    # the former names: --split best / final = val with the best / last checkpoint
+    assert build_report(collect_runs([tmp_path]), split="final").runs[0].values["mIoU"] == 0.55
+    assert build_report(collect_runs([tmp_path]), split="best").runs[0].values["mIoU"] == 0.6
+    with pytest.raises(DasuiteError, match="--split final means the last checkpoint"):
+        build_report(collect_runs([tmp_path]), split="final", checkpoint="best")
+    with pytest.raises(DasuiteError, match="no finished runs.*not the last"):
+        build_report(collect_runs([tmp_path]), split="test", checkpoint="last")
+    # best evaluation at the end: the test result is also the last checkpoint's
+    summary["final"] = summary["best"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    (row,) = build_report(collect_runs([tmp_path]), checkpoint="last").runs
+    assert (row.checkpoint, row.split, row.values["mIoU"]) == ("last", "test", 0.5)
+    # no validation at all: the test result is of the last weights, and says so
+    (run / "summary.json").write_text(json.dumps({"final": None, "best": None, "test": result(0.45, 300)}))
+    (row,) = build_report(collect_runs([tmp_path])).runs
+    assert (row.checkpoint, row.split) == ("last", "test")
+    # every table title and the json settings name the result used
+    report = build_report(collect_runs([tmp_path]), baseline=None)
+    text = format_report(report, "table")
+    assert text.startswith("Runs (last checkpoint, test split;") and "Groups by experiment (last checkpoint" in text
+    out = json.loads(format_report(report, "json"))
+    assert out["settings"]["used"] == "last checkpoint, test split" and out["runs"][0]["checkpoint"] == "last"
 
 
 def csv_blocks(text: str) -> list[list[list[str]]]:
@@ -223,9 +262,10 @@ def csv_blocks(text: str) -> list[list[list[str]]]:
 def test_formats(runs: Path) -> None:
     report = build_report(collect_runs([runs]), baseline="exp_a")
     runs_csv, groups_csv, cmp_csv = csv_blocks(format_report(report, "csv", per_class=True))
-    assert runs_csv[0] == ["group", "tag", "seed", "fold", "split", "iter", "mIoU", "mAcc", "aAcc",
+    assert runs_csv[0] == ["group", "tag", "seed", "fold", "ckpt", "split", "iter", "mIoU", "mAcc", "aAcc",
                            "IoU road", "IoU car", "IoU sky"]
-    assert runs_csv[1] == ["exp_a", "seed0", "0", "", "test", "150", "50.00", "55.00", "75.00", "70.00", "40.00", ""]
+    assert runs_csv[1] == ["exp_a", "seed0", "0", "", "best", "test", "150", "50.00", "55.00", "75.00", "70.00",
+                           "40.00", ""]
     assert len(runs_csv) == 8 and len(groups_csv) == 1 + 2 * 6 and len(cmp_csv) == 1 + 6
     means = {(r[0], r[1]): float(r[3]) for r in groups_csv[1:] if r[1] != "IoU sky"}
     assert groups_csv[-1] == ["exp_b", "IoU sky", "0", "", "", ""]
@@ -233,8 +273,8 @@ def test_formats(runs: Path) -> None:
     assert cmp_csv[0] == ["group", "metric", "n", "n base", "diff", "± 95% CI", "df", "p"]
     assert float(cmp_csv[1][7]) == pytest.approx(stats.ttest_ind(B, A, equal_var=False).pvalue, rel=1e-2)
     md = format_report(report, "markdown").splitlines()
-    assert md[0] == "**Runs (%; split = the summary.json result used)**"
-    assert md[2] == "| group | tag | seed | fold | split | iter | mIoU | mAcc | aAcc |"
+    assert md[0].startswith("**Runs (best checkpoint, test split; %")
+    assert md[2] == "| group | tag | seed | fold | ckpt | split | iter | mIoU | mAcc | aAcc |"
     assert md[3].startswith("| --- | ---: |")
     assert "| exp_b | mIoU | 4 | 59.50 |" in format_report(report, "markdown")
     out = json.loads(format_report(report, "json", per_class=False))
@@ -243,7 +283,7 @@ def test_formats(runs: Path) -> None:
     assert out["settings"]["values"] == "fractions 0..1"
     assert len(out["comparisons"]) == 3
     table = format_report(report, "table")
-    assert table.startswith("Runs (%") and "Difference to baseline 'exp_a'" in table
+    assert table.startswith("Runs (best checkpoint, test split") and "Difference to baseline 'exp_a' (best" in table
     with pytest.raises(DasuiteError, match="unknown format"):
         format_report(report, "xml")
 
