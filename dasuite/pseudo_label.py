@@ -35,9 +35,9 @@ from dasuite.data.labels import IGNORE_INDEX
 from dasuite.data.training import build_training_data
 from dasuite.engine.accelerator import make_accelerator
 from dasuite.engine.evaluate import save_prediction_png
+from dasuite.engine.inference import predict
 from dasuite.errors import DasuiteError
 from dasuite.fileio import atomic_write, atomic_write_text, load_torch, load_weights, save_torch, write_json
-from dasuite.losses.segmentation import upsample_to
 from dasuite.metrics import compute_metrics
 from dasuite.models import create_model
 from dasuite.models.weights import load_state
@@ -117,22 +117,25 @@ class _Progress:
                     "matrix": self.matrix.cpu()}, self.path)
 
 
-def _predict(model, item: dict, device: torch.device, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(model, item: dict, device: torch.device, accelerator, settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confidence (max probability) and argmax at the label's size (the image's without a label), with the
+    experiment's inference settings (``eval.mode``, ``scales``, ``flip``: ``dasuite.engine.inference``)."""
     image = item["image"].to(device).unsqueeze(0)
     label = item.get("label")
     size = tuple(label.shape[-2:]) if label is not None else tuple(image.shape[-2:])
-    with torch.no_grad(), accelerator.autocast():
-        logits = model(normalize(image))
-    confidence, pred = upsample_to(logits.float(), size).softmax(1)[0].max(0)
+    with torch.no_grad():
+        scores = predict(model, normalize(image), size, settings, accelerator.autocast)
+    confidence, pred = scores.softmax(1)[0].max(0)
     return confidence, pred
 
 
-def _class_thresholds(model, dataset, todo, percentile: float, k: int, device, accelerator, bar) -> list[float]:
+def _class_thresholds(model, dataset, todo, percentile: float, k: int, device, accelerator, settings,
+                      bar) -> list[float]:
     """First pass: the ``percentile``-quantile of each class's predicted-pixel confidences (1.0 if never predicted
     -> nothing of it is kept), from 1000-bin histograms, interpolated linearly inside the bin that holds it."""
     hist = torch.zeros(k * HIST_BINS, dtype=torch.long, device=device)
     for i in tqdm(todo, desc="class thresholds", disable=not bar, leave=False):
-        confidence, pred = _predict(model, dataset[i], device, accelerator)
+        confidence, pred = _predict(model, dataset[i], device, accelerator, settings)
         b = (confidence * HIST_BINS).long().clamp(max=HIST_BINS - 1)
         hist += torch.bincount((pred * HIST_BINS + b).flatten(), minlength=k * HIST_BINS)
     counts = hist.view(k, HIST_BINS).double()
@@ -166,18 +169,19 @@ def pseudo_label(cfg: ExperimentConfig, checkpoint: Path, role: str, out: Path, 
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "teacher": teacher, "experiment": cfg.name,
                 "role": role, "threshold": threshold, "class_percentile": class_percentile,
-                "num_images": len(dataset)}
+                "num_images": len(dataset),
+                "inference": cfg.eval.model_dump(mode="json", exclude={"batch_size", "class_subsets"})}
     state = _Progress(out / ".progress.pt", settings, k, device)
     bar = progress and accelerator.is_main_process
     if class_percentile is not None and state.class_thresholds is None:
         state.class_thresholds = _class_thresholds(model, dataset, range(len(dataset)), class_percentile, k, device,
-                                                   accelerator, bar)
+                                                   accelerator, cfg.eval, bar)
         state.save()
     per_class = (torch.tensor(state.class_thresholds, device=device) if state.class_thresholds is not None else None)
     todo = [i for i in range(len(dataset)) if i not in state.kept]
     for n, i in enumerate(tqdm(todo, desc="pseudo-label", disable=not bar), start=1):
         item = dataset[i]
-        confidence, pred = _predict(model, item, device, accelerator)
+        confidence, pred = _predict(model, item, device, accelerator, cfg.eval)
         limit = per_class[pred] if per_class is not None else threshold
         keep = confidence >= limit
         stem = Path(item["name"]).with_suffix("").as_posix()

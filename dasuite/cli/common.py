@@ -11,7 +11,8 @@ from dasuite.errors import friendly_errors, is_main_process
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
-__all__ = ["CONTEXT", "echo", "friendly_errors", "int_list", "is_main_process", "network_options", "resolve_network"]
+__all__ = ["CONTEXT", "echo", "friendly_errors", "inference_options", "inference_overrides", "int_list",
+           "is_main_process", "network_options", "resolve_network"]
 
 
 def echo(text: str = "", err: bool = False) -> None:
@@ -55,3 +56,28 @@ def resolve_network(run_dir: Optional[Path], config_path: Optional[Path], checkp
     if checkpoint in ("best", "last"):
         raise click.UsageError("with --config, --checkpoint must be a file path")
     return load_config(config_path, overrides), Path(checkpoint)
+
+
+def inference_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--mode``, ``--crop``, ``--stride``, ``--window-batch``, ``--scales``, ``--flip``: the ``eval`` section's
+    inference keys as options (``docs/config.md``); unset options keep the experiment's values."""
+    options = [
+        click.option("--flip/--no-flip", default=None, help="Average with the horizontally flipped image."),
+        click.option("--scales", metavar="S1,S2,...", help="Multi-scale inference, e.g. 0.5,0.75,1.0,1.25,1.5,1.75."),
+        click.option("--window-batch", type=int, help="Sliding windows per network call."),
+        click.option("--stride", metavar="W,H", help="Sliding-window step (default: 3/4 of --crop)."),
+        click.option("--crop", metavar="W,H", help="Sliding-window size, e.g. 1024,1024."),
+        click.option("--mode", type=click.Choice(["whole", "slide"]), help="Whole image or sliding window."),
+    ]
+    for option in options:
+        func = option(func)
+    return func
+
+
+def inference_overrides(mode: Optional[str], crop: Optional[str], stride: Optional[str], window_batch: Optional[int],
+                        scales: Optional[str], flip: Optional[bool]) -> list[str]:
+    """The ``eval.*`` overrides the inference options stand for."""
+    values = {"mode": mode, "crop": f"[{crop}]" if crop else None, "stride": f"[{stride}]" if stride else None,
+              "window_batch": window_batch, "scales": f"[{scales}]" if scales else None,
+              "flip": None if flip is None else str(flip).lower()}
+    return [f"eval.{key}={value}" for key, value in values.items() if value is not None]

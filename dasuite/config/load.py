@@ -113,7 +113,10 @@ def _describe(error: dict) -> str:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{key}.name: unknown name {tag!r}{hint} (valid: {', '.join(sorted(valid))})"
     value = error.get("input")
-    return f"{key}: got {value!r} ({type(value).__name__}); {error['msg'][0].lower()}{error['msg'][1:]}"
+    message = error["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):  # a whole section failed a check across its keys: the message names them
+        return f"{key}: {message}"
+    return f"{key}: got {value!r} ({type(value).__name__}); {message[0].lower()}{message[1:]}"
 
 
 def _dotted(loc: Iterable[Any]) -> str:

@@ -168,13 +168,41 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    """Evaluation settings; logits are upsampled to the label's resolution before argmax."""
+    """Evaluation settings, also used by ``dasuite eval`` and ``dasuite pseudo-label`` (their ``--mode``, ``--crop``,
+    ``--stride``, ``--scales`` and ``--flip`` override them). Scores are computed at the label's resolution before
+    argmax; several scales or a flip average class probabilities there (``dasuite/engine/inference.py``)."""
 
     batch_size: int = Field(2, gt=0)
     """Images per process in an evaluation batch."""
+    mode: Literal["whole", "slide"] = "whole"
+    """``whole``: each image through the network at once; ``slide``: overlapping ``crop`` windows every ``stride``
+    pixels, logits averaged where they overlap (mmseg's sliding-window inference; SegFormer's Cityscapes protocol)."""
+    crop: Optional[tuple[int, int]] = None
+    """(width, height) of a sliding window, e.g. [1024, 1024] at 2048x1024; required by ``mode: slide``."""
+    stride: Optional[tuple[int, int]] = None
+    """(width, height) step between windows; null = 3/4 of ``crop`` (SegFormer: 768 for 1024 windows)."""
+    window_batch: int = Field(4, gt=0)
+    """Windows per network call in sliding mode (fewer: less memory, more calls)."""
+    scales: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0], min_length=1)
+    """Image scale factors of multi-scale inference, e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]; [1.0] = single scale."""
+    flip: bool = False
+    """Also run the horizontally flipped image and average the probabilities (flip test-time augmentation)."""
     class_subsets: list[Literal["synthia16", "synthia13"]] = Field(default_factory=list)
     """Extra mIoU summaries over class subsets, reported as ``mIoU_<subset>`` (SYNTHIA -> Cityscapes reports 16- and
     13-class means besides the 19-class one)."""
+
+    @model_validator(mode="after")
+    def _windows(self) -> "EvalConfig":
+        if self.mode == "slide" and self.crop is None:
+            raise ValueError("mode slide needs crop: the (width, height) of a window, e.g. eval.crop=[1024,1024]")
+        for key in ("crop", "stride"):
+            value = getattr(self, key)
+            if value is not None and min(value) <= 0:
+                raise ValueError(f"{key} must be (width, height) with positive values, got {list(value)}")
+        if self.stride is not None and self.crop is not None and any(s > c for s, c in zip(self.stride, self.crop)):
+            raise ValueError(f"stride {list(self.stride)} is larger than crop {list(self.crop)}: windows would leave "
+                             f"gaps")
+        return self
 
 
 class LogConfig(Section):

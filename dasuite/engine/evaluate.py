@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from dasuite.data.augment import normalize
 from dasuite.data.labels import IGNORE_INDEX, SYNTHIA13, SYNTHIA16, ClassTable, subset_miou
 from dasuite.data.loaders import build_eval_loader
+from dasuite.engine.inference import predict
 from dasuite.fileio import atomic_write
-from dasuite.losses.segmentation import upsample_to
 from dasuite.metrics import ConfusionMatrix, compute_metrics
 
 if TYPE_CHECKING:
@@ -66,7 +66,8 @@ def evaluate(
 ) -> tuple[dict, Optional[torch.Tensor]]:
     """Evaluate ``model`` on ``dataset``; return (result in the ``dasuite eval`` JSON format, visual grid or None).
 
-    The grid (uint8 3xHxW, main process only) stacks rows of image | ground truth | prediction in class colours for
+    ``inference``: the ``eval`` section (whole or sliding window, scales, flip; ``dasuite.engine.inference``); with
+    several passes ``mean_loss`` is the negative log of the averaged probability of the true class. The grid (uint8 3xHxW, main process only) stacks rows of image | ground truth | prediction in class colours for
     the first ``num_vis`` images of this process's shard. ``sec_per_image`` is forward time (including the upsampling
     and argmax) per image, averaged over all processes' images.
     """
@@ -84,9 +85,7 @@ def evaluate(
         labels = batch["label"].to(device, non_blocking=True).long()
         _sync(device)
         start = time.perf_counter()
-        with accelerator.autocast():
-            logits = model(normalize(images))
-        logits = upsample_to(logits.float(), labels.shape[-2:])
+        logits = predict(model, normalize(images), labels.shape[-2:], inference, accelerator.autocast)
         pred = logits.argmax(1)
         _sync(device)
         totals[3] += time.perf_counter() - start
