@@ -79,6 +79,9 @@ def test_flagship_without_data_names_the_folder_the_docs_and_the_toy(tmp_path, m
     from tests.conftest import ROOT
 
     monkeypatch.setenv("DASUITE_DATA", str(tmp_path / "nodata"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # its ImageNet file is there: the data is what's missing
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / "resnet101-63fe2227.pth").write_bytes(b"")
     result = CliRunner().invoke(main, ["run", str(ROOT / "experiments" / "cutmix_pseudo.yaml"),
                                        f"work_dir={tmp_path / 'runs'}"])
     assert result.exit_code == 1

@@ -10,6 +10,7 @@ from typing import Callable, Iterator, Optional, Sequence
 from dasuite.config import load_config
 from dasuite.config.schema import ExperimentConfig
 from dasuite.config.sweep import expand_sweeps, with_fold
+from dasuite.errors import DasuiteError
 from dasuite.fileio import read_json
 from dasuite.rundir import RunDir
 
@@ -48,6 +49,55 @@ def plan_runs(experiment: Path, overrides: Sequence[str] = (), *, seeds: Sequenc
     return plans
 
 
+def dataset_names(node: object) -> set[str]:
+    """The ``name`` of every dataset entry under ``node`` (a config's ``data`` dump): mix members and translated
+    parents included."""
+    names: set[str] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("name"), str):
+            names.add(node["name"])
+        for value in node.values():
+            names |= dataset_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            names |= dataset_names(value)
+    return names
+
+
+def missing_weights(cfg: ExperimentConfig) -> Optional[str]:
+    """The line a run stops with when it would train a full-size segmenter on real data from random weights without
+    saying so (None when it is fine): no ``model.pretrained``, no ``train.init_from``, no ``model.from_scratch``;
+    tiny models, the toy data and methods that train no segmenter (CycleGAN) never need weights. A ``pretrained``
+    keyword (``imagenet``, ``coco``) whose file is not in the hub cache is also reported here, before any data is
+    read (the model's loader would report it later)."""
+    from dasuite.methods import METHODS
+    from dasuite.models.weight_files import missing_keyword_file, missing_weights_message
+
+    model = cfg.model
+    if model.tiny or not METHODS.get(cfg.method.name).evaluates:
+        return None
+    if model.pretrained is not None:  # a keyword whose file is not in the hub cache: say so before reading data
+        return missing_keyword_file(cfg.name, model.arch, model.options, model.pretrained)
+    if model.from_scratch or cfg.train.init_from or dataset_names(cfg.data.model_dump()) <= {"toy"}:
+        return None
+    return missing_weights_message(cfg.name, model.arch, model.options)
+
+
+def check_initial_weights(plans: Sequence[PlannedRun], resume: bool = False) -> None:
+    """Before anything trains: every run that starts fresh (not ``--resume``; a baseline that already has a
+    checkpoint or summary is continued or reused) has initial weights or says ``model.from_scratch``."""
+    for plan in plans:
+        todo = [] if resume else [plan.cfg]
+        if plan.baseline is not None:
+            run_dir = RunDir.for_config(plan.baseline)
+            if not (run_dir.summary.is_file() or run_dir.last.exists()):
+                todo.append(plan.baseline)
+        for cfg in todo:
+            problem = missing_weights(cfg)
+            if problem:
+                raise DasuiteError(problem)
+
+
 def baseline_summary(cfg: ExperimentConfig, announce: Announce) -> dict:
     """The baseline run's summary: read when the run finished, else trained (resumed from its last checkpoint)."""
     from dasuite.engine.loop import train
@@ -63,6 +113,7 @@ def baseline_summary(cfg: ExperimentConfig, announce: Announce) -> dict:
 def run_planned(plans: Sequence[PlannedRun], resume: bool = False,
                 announce: Announce = print) -> Iterator[tuple[PlannedRun, dict, Optional[dict]]]:
     """Train each plan in turn; yields (plan, its summary, the baseline's summary or None)."""
+    check_initial_weights(plans, resume)
     from dasuite.engine.loop import train  # here: planning (config checks) stays free of torch
 
     for plan in plans:
