@@ -52,12 +52,13 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 CYCLEGAN = "gta5_to_cityscapes/cyclegan_gta2city.yaml"
-# every GTA5 -> Cityscapes file (a new one is covered without editing this list), the flagship, the pseudo-label files
+# every GTA5 -> Cityscapes file (a new one is covered without editing this list), the flagship, the pseudo-label and
+# Cityscapes SegFormer files
 EXPERIMENTS = ROOT / "experiments"
 SEGMENTATION = sorted(
     name for name in (str(p.relative_to(EXPERIMENTS)) for p in [
         *(EXPERIMENTS / "gta5_to_cityscapes").glob("*.yaml"), EXPERIMENTS / "cutmix_pseudo.yaml",
-        *(EXPERIMENTS / "cityscapes").glob("pseudo_label_*.yaml")])
+        *(EXPERIMENTS / "cityscapes").glob("pseudo_label_*.yaml"), *(EXPERIMENTS / "cityscapes").glob("segformer_*.yaml")])
     if name != CYCLEGAN)
 COMMON = ["model.tiny=true", "model.pretrained=null", "train.max_iters=2", "train.eval_interval=2",
           "train.checkpoint_interval=2", "train.log_interval=1", "schedule.warmup_iters=0", "data.num_workers=0",
