@@ -27,7 +27,8 @@ def _imported_modules(folder: str) -> set[str]:
             elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_import" and node.args
                   and isinstance(node.args[0], ast.Constant)):
                 found.add(node.args[0].value.split(".")[0])
-    return {m for m in found if m not in sys.stdlib_module_names and m not in ("dasuite", "tests", "tools")}
+    local = {"dasuite", "tests", "tools", *(p.stem for p in (ROOT / "tools").glob("*.py"))}  # tools import each other
+    return {m for m in found if m not in sys.stdlib_module_names and m not in local}
 
 
 def _normalise(name: str) -> str:
