@@ -40,8 +40,9 @@ def measure(arch: str, mode: str, repeat: int, window_batch: int, crop: int = 10
     torch.manual_seed(0)
     model = create_model(arch, 19).to(device).eval()
     slide = mode == "slide"
-    settings = EvalConfig(mode=mode, crop=(crop, crop) if slide else None, stride=(crop * 3 // 4,) * 2 if slide else
-                          None, window_batch=window_batch)
+    passes = {"tta2": {"flip": True}, "tta4": {"scales": [1.0, 1.0], "flip": True}}.get(mode, {})  # averaged passes
+    settings = EvalConfig(mode="slide" if slide else "whole", crop=(crop, crop) if slide else None,
+                          stride=(crop * 3 // 4,) * 2 if slide else None, window_batch=window_batch, **passes)
     image = torch.randn(1, 3, *SIZE, device=device)
     with torch.no_grad():
         predict(model, image, SIZE, settings)  # warm-up
@@ -76,10 +77,19 @@ def main() -> None:
     parser.add_argument("--window-batch", type=int, default=1)
     parser.add_argument("--crop", type=int, default=1024, help="Square window side (stride: 3/4 of it).")
     parser.add_argument("--only-large", action="store_true", help="Skip SegFormer-B0.")
+    parser.add_argument("--passes", action="store_true", help="Only SegFormer-B0: 1, 2 (flip) and 4 (scales [1, 1] "
+                        "x flip) full-size passes: beyond the one accumulator, the peak must not grow with the passes.")
     parser.add_argument("--child", nargs=2, metavar=("ARCH", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(*args.child, args.repeat, args.window_batch, args.crop)))
+        return
+    if args.passes:
+        one, two, four = (json.loads(subprocess.run(
+            [sys.executable, __file__, "--child", "segformer_b0", mode, "--repeat", "1"], capture_output=True,
+            text=True, check=True).stdout.split("\n")[-2]) for mode in ("whole", "tta2", "tta4"))
+        print(f"segformer_b0 peak: 1 pass {one['peak_mib']:.0f} MiB, 2 passes {two['peak_mib']:.0f} MiB, 4 passes "
+              f"{four['peak_mib']:.0f} MiB; 4/2 peak_ratio={four['peak_mib'] / two['peak_mib']:.3f}")
         return
     archs = (args.large,) if args.only_large else ("segformer_b0", args.large)
     rows = {}
