@@ -11,6 +11,17 @@ reset after warm-up through /proc/self/clear_refs) during the measured iteration
 
 Prints both sides, the metric-update throughput against torchmetrics, and as its last line
 ``time_ratio=<engine/bare> memory_ratio=<engine/bare>`` (targets: <= 1.05 and <= 1.10).
+
+``--user``: engine overhead as a user meets it, whole process against whole process. One side runs
+``python -m dasuite run experiments/toy/source_only.yaml`` (tiny SegFormer-B0, batch 8, AdamW, the toy dataset,
+one loader worker, augmentation off, no evaluation, ``--user-iters`` iterations); the other runs the plain PyTorch
+script a user would write for the same job (``plain_user_loop``: the same toy dataset class in a ``DataLoader`` with
+one worker, the same model, ``AdamW`` with the same poly schedule, ``F.cross_entropy(ignore_index=255)`` on upsampled
+logits). Both with one intra-op thread (``OMP_NUM_THREADS=1``), alternating, ``--repeats`` times; wall time of the
+whole process (start-up included), the best repeat kept, and the CPU time of each process with its loader worker.
+``--same-malloc`` gives both sides the glibc heap settings the engine makes on the CPU (``keep_cpu_heap``), so the
+ratio shows the engine's own overhead without that advantage. Last line ``user_time_ratio=<dasuite/plain>``
+(target <= 1.05).
 """
 
 from __future__ import annotations
@@ -142,6 +153,96 @@ def run_bare(args) -> dict:
     return {"times": stamps, "peak_mib": _peak_mib(device)}
 
 
+USER_LR, USER_WD, USER_WARMUP, USER_BATCH = 0.002, 0.01, 50, 8
+
+
+def _user_overrides(args) -> list[str]:
+    """The toy source-only experiment as the user comparison runs it (see the module docstring); a fresh tag."""
+    return [f"train.max_iters={args.user_iters}", "data.num_workers=1", "data.source.augment.enabled=false",
+            "data.val=null", "data.test=null", f"work_dir={args.work_dir}", f"tag=user{time.time_ns()}",
+            *args.override]
+
+
+def plain_user_loop(iters: int) -> None:
+    """What a user writes without dasuite for the same job: toy scenes, tiny SegFormer-B0, AdamW, poly schedule."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from dasuite.data.toy import ToyConfig, ToyDataset
+    from dasuite.models import create_model
+
+    torch.manual_seed(0)
+    dataset = ToyDataset(ToyConfig(domain="synthetic", split="train"))
+    loader = DataLoader(dataset, batch_size=USER_BATCH, shuffle=True, num_workers=1, drop_last=True,
+                        persistent_workers=True, collate_fn=lambda items: (
+                            torch.stack([i["image"] for i in items]), torch.stack([i["label"] for i in items])))
+    model = create_model("segformer_b0", dataset.num_classes, tiny=True).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=USER_LR, weight_decay=USER_WD)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: min(1.0, (it + 1) / USER_WARMUP)
+                                                 * (1 - it / iters))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    it = 0
+    while it < iters:
+        for images, labels in loader:
+            images = (images.float() / 255 - mean) / std
+            logits = F.interpolate(model(images), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits, labels, ignore_index=255)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            it += 1
+            if it % 20 == 0:
+                print(f"iteration {it} loss {loss.item():.4f}")
+            if it == iters:
+                break
+
+
+def run_user(args) -> None:
+    """Both whole processes of ``--user``, alternating; prints the wall times and ``user_time_ratio``."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    if args.same_malloc:  # both sides with the engine's heap settings (the engine then leaves malloc alone)
+        from dasuite.engine.loop import CPU_HEAP_KEEP, CPU_MMAP_THRESHOLD
+
+        env.update(MALLOC_TRIM_THRESHOLD_=str(CPU_HEAP_KEEP), MALLOC_MMAP_THRESHOLD_=str(CPU_MMAP_THRESHOLD))
+    walls: dict[str, list[float]] = {"plain": [], "dasuite": []}
+    cpus: dict[str, list[float]] = {"plain": [], "dasuite": []}
+    for _ in range(args.repeats):
+        for side in ("plain", "dasuite"):
+            cmd = ([sys.executable, __file__, "--side", "plain", "--user-iters", str(args.user_iters)]
+                   if side == "plain" else [sys.executable, "-m", "dasuite", "run",
+                                            str(ROOT / "experiments/toy/source_only.yaml"), *_user_overrides(args)])
+            before, start = _children_cpu(), time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=ROOT)
+            walls[side].append(time.perf_counter() - start)
+            cpus[side].append(_children_cpu() - before)
+            if proc.returncode:
+                sys.exit(f"{side} side failed:\n{proc.stderr[-3000:]}")
+            print(f"{side:>8}: {walls[side][-1]:6.2f} s wall, {cpus[side][-1]:6.2f} s CPU", flush=True)
+    best = {side: min(w) for side, w in walls.items()}
+    cpu = {side: min(c) for side, c in cpus.items()}
+    print(f"toy source-only, tiny SegFormer-B0, batch {USER_BATCH}, {args.user_iters} iterations, 1 thread, "
+          f"1 loader worker, augmentation off{', both sides with the same malloc settings' if args.same_malloc else ''}"
+          f"; best of {args.repeats} whole-process runs:")
+    for side in ("plain", "dasuite"):
+        print(f"{side:>8}: {best[side]:6.2f} s wall (all: {', '.join(f'{w:.2f}' for w in walls[side])}), "
+              f"{cpu[side]:6.2f} s CPU (main process and loader worker)")
+    print(f"user CPU-time ratio {cpu['dasuite'] / cpu['plain']:.3f}")
+    print(f"user_time_ratio={best['dasuite'] / best['plain']:.3f}")
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of every finished child process (and their reaped children) so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _per_iter(times: list[float], warmup: int) -> float:
     deltas = [b - a for a, b in zip(times[warmup - 1:], times[warmup:])]
     return statistics.median(deltas)
@@ -157,8 +258,21 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work-dir", default="/tmp/dasuite_bench_runs")
-    parser.add_argument("--side", choices=["engine", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--user", action="store_true",
+                        help="whole process: `dasuite run` of the toy experiment vs a plain PyTorch script")
+    parser.add_argument("--user-iters", type=int, default=300)
+    parser.add_argument("--same-malloc", action="store_true",
+                        help="--user: give the plain side the engine's glibc heap settings too (MALLOC_* variables)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="--user: an extra override of the dasuite side (repeatable)")
+    parser.add_argument("--side", choices=["engine", "bare", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.side == "plain":
+        plain_user_loop(args.user_iters)
+        return
+    if args.user:
+        run_user(args)
+        return
     if args.side:
         out = run_engine(args) if args.side == "engine" else run_bare(args)
         print("RESULT " + json.dumps(out))

@@ -170,10 +170,18 @@ def photometric_policy(cfg: StrongConfig) -> Optional[nn.Module]:
     return None
 
 
+_STATS: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=torch.float32).view(3, 1, 1)
-    return mean, std
+    """ImageNet mean and std (3x1x1, float32) on ``x``'s device, made once per device: ``torch.tensor(list,
+    device=cuda)`` is a blocking host-to-device copy, which every batch would otherwise pay (a host sync)."""
+    stats = _STATS.get(x.device)
+    if stats is None:
+        stats = _STATS[x.device] = (
+            torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1).to(x.device),
+            torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1).to(x.device))
+    return stats
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -208,7 +216,8 @@ class DeviceAugment:
 
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
-        self._policy = photometric_policy(cfg.strong)
+        self._policy_built = False  # the policy (and Kornia's import) is built when first used
+        self._policy: Optional[nn.Module] = None
 
     def __call__(
         self, images: torch.Tensor, labels: Optional[torch.Tensor] = None
@@ -243,6 +252,8 @@ class DeviceAugment:
     def _photometric(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> [0, 1] images: policy, jitter, grayscale, blur (``StrongConfig``), per sample."""
         s, b, dev = self.cfg.strong, x.shape[0], x.device
+        if not self._policy_built:
+            self._policy, self._policy_built = photometric_policy(s), True
         if self._policy is not None:
             policy = self._policy.to(dev)
             # Kornia draws the policy's operations once per call: call it per image so each draws its own.

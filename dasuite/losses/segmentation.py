@@ -27,14 +27,18 @@ def seg_loss(
 
     ``logits`` BxKxhxw are upsampled to the label size HxW first (as SegFormer/DeepLab recipes do). Unlike
     ``F.cross_entropy(reduction="mean")`` this returns 0 (not NaN) for a batch whose pixels are all ignored, and it
-    never syncs with the host. With ``class_weights`` the sum is divided by the summed weights of labelled pixels.
+    never syncs with the host. With ``class_weights`` the sum is divided by the summed weights of labelled pixels
+    (0 when that sum is 0).
+
+    Without class weights it is ``F.cross_entropy(..., ignore_index=...)`` itself (the mean over labelled pixels),
+    made 0 by ``torch.where`` on "any labelled pixel" when there is none; its gradient is then 0 as well.
     """
     logits = upsample_to(logits, labels.shape[-2:]).float()
     labels = labels.long()
-    total = F.cross_entropy(logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="sum")
     valid = labels != ignore_index
     if class_weights is None:
-        denom = valid.sum()
-    else:
-        denom = class_weights[labels.clamp(0, len(class_weights) - 1)].mul(valid).sum()
-    return total / denom.clamp_min(1)
+        loss = F.cross_entropy(logits, labels, ignore_index=ignore_index)
+        return torch.where(valid.any(), loss, torch.zeros_like(loss))
+    total = F.cross_entropy(logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="sum")
+    denom = class_weights[labels.clamp(0, len(class_weights) - 1)].mul(valid).sum()
+    return total / torch.where(denom > 0, denom, torch.ones_like(denom))
