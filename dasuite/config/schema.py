@@ -165,6 +165,9 @@ class TrainConfig(Section):
     init_from: Optional[str] = None
     """Weights file (``.safetensors``, or a ``.pt`` checkpoint's model) that initialises the network, with a fresh
     optimizer and schedule (not on resume); null = none."""
+    grad_checkpointing: bool = False
+    """Activation checkpointing of the encoder's blocks (SegFormer layers, ResNet / MobileNetV2 blocks): less
+    activation memory for one more encoder forward per step; same losses and gradients (docs/benchmarks.md)."""
 
 
 class EvalConfig(Section):

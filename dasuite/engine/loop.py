@@ -129,6 +129,8 @@ class Trainer:
             check_labels(self.datasets)
         self.classes = self.datasets["source"].classes
         self.method = METHODS.get(cfg.method.name)(cfg, self.classes.num_classes)
+        if cfg.train.grad_checkpointing:
+            self.method.model.set_grad_checkpointing(True)
         self.extras = self.method.extra_modules()
         missing = [role for role in self.method.domains if role not in self.datasets]
         if missing:

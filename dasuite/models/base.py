@@ -13,6 +13,8 @@ Logits are at stride 4 for SegFormer and DeepLabV3+, 8 for DeepLabV2.
 
 ``feature_channels`` gives each feature's channel count, so KD projectors can be built without a forward pass.
 ``head_prefixes`` name the parameters that get the head learning-rate multiplier.
+``set_grad_checkpointing(True)`` makes training forwards checkpoint the encoder's blocks (``train.grad_checkpointing``;
+``dasuite.models.checkpoint``): same outputs and gradients, less activation memory, one more forward of the encoder.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Union
 import torch
 from torch import nn
 
+from dasuite.errors import ConfigError
 from dasuite.registry import MODELS
 
 ModelOutput = Union[torch.Tensor, tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -35,3 +38,9 @@ class SegModel(nn.Module):
     output_stride: int = 4
     feature_channels: dict[str, int]
     head_prefixes: tuple[str, ...] = ()
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Checkpoint the encoder's blocks in training forwards; networks without it raise a ConfigError."""
+        if enabled:
+            raise ConfigError(f"{type(self).__name__} has no activation checkpointing (train.grad_checkpointing): "
+                              f"set train.grad_checkpointing=false, or implement set_grad_checkpointing")

@@ -98,6 +98,10 @@ class DeepLabV2(SegModel):
         if multi_level:
             self.feature_channels["aux_logits"] = num_classes
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Checkpoint the ResNet's blocks in training (``train.grad_checkpointing``); the classifiers are not."""
+        self.backbone.grad_checkpointing = enabled
+
     def forward(self, images: torch.Tensor, return_features: bool = False) -> ModelOutput:
         stages = self.backbone(images)
         logits = self.classifier(stages[3])

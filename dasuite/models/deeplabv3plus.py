@@ -27,6 +27,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.ops.misc import Conv2dNormActivation
 
 from dasuite.models.base import MODELS, ModelOutput, SegModel
+from dasuite.models.checkpoint import checkpointed, wants_checkpoint
 from dasuite.models.pretrained import CheckpointState, Converted, load_pretrained
 from dasuite.models.resnet import TORCHVISION_RESNET_FILES, dilated_stages, resnet_backbone
 
@@ -45,8 +46,11 @@ class MobileNetV2Backbone(nn.Module):
 
     Stage ends are the last blocks at nominal strides 4/8/16/32 (full size: ``features[3, 6, 13, 17]``, 24/32/96/320
     ch). For the output stride, each stride-2 depthwise conv beyond it gets stride 1 and later 3x3 convs
-    dilation 2 (then 4): the same layout as VainF's dilated MobileNetV2.
+    dilation 2 (then 4): the same layout as VainF's dilated MobileNetV2. With ``grad_checkpointing`` every block of
+    ``features`` is checkpointed in training (``dasuite.models.checkpoint``).
     """
+
+    grad_checkpointing: bool = False
 
     def __init__(
         self, width_mult: float = 1.0, setting: Sequence[Sequence[int]] = MBV2_SETTING, output_stride: int = 16
@@ -81,8 +85,9 @@ class MobileNetV2Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         stages = []
+        saving = wants_checkpoint(self, self.grad_checkpointing)
         for index, block in enumerate(self.features):
-            x = block(x)
+            x = checkpointed(block, x) if saving else block(x)
             if index in self.stage_ends:
                 stages.append(x)
         return stages
@@ -120,6 +125,10 @@ class DeepLabV3Plus(SegModel):
                 if isinstance(module, nn.Conv2d):
                     nn.init.kaiming_normal_(module.weight)
         self.feature_channels = {"stage1": c1, "stage2": c2, "stage3": c3, "stage4": c4, "decoder": head_channels}
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Checkpoint the backbone's blocks in training (``train.grad_checkpointing``); the head is not."""
+        self.backbone.grad_checkpointing = enabled
 
     def forward(self, images: torch.Tensor, return_features: bool = False) -> ModelOutput:
         stages = self.backbone(images)

@@ -23,6 +23,7 @@ from torchvision.models.resnet import Bottleneck
 
 from dasuite.constants import IMAGENET_MEAN, IMAGENET_STD
 from dasuite.errors import ConfigError
+from dasuite.models.checkpoint import checkpointed, wants_checkpoint
 
 RESNET_BLOCKS = {"r50": (3, 4, 6, 3), "r101": (3, 4, 23, 3)}
 TINY_RESNET = {"planes": (4, 8, 16, 32), "stem": 8}  # tiny: stage channels 16/32/64/128, one block per stage
@@ -47,8 +48,13 @@ class ResNetBackbone(nn.Module):
     ``stem`` 64. Stage channels are 4 x planes (``channels``). With the defaults, the same module names, strides and
     dilations as ``torchvision.models.resnet50(replace_stride_with_dilation=...)``; see the module docstring for
     ``uniform_dilation`` and ``stride_in_1x1``. ``norm_layer`` is e.g. ``nn.BatchNorm2d`` or torchvision's
-    ``FrozenBatchNorm2d`` (same state-dict names, minus ``num_batches_tracked``).
+    ``FrozenBatchNorm2d`` (same state-dict names, minus ``num_batches_tracked``). With ``grad_checkpointing``
+    every Bottleneck of ``layer1..layer4`` is checkpointed in training (``dasuite.models.checkpoint``); per block
+    rather than per stage, because recomputing a whole stage in the backward pass would rebuild all of ResNet-101's
+    23 ``layer3`` blocks at once and lower the peak little.
     """
+
+    grad_checkpointing: bool = False
 
     def __init__(
         self,
@@ -94,8 +100,13 @@ class ResNetBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         stages = []
+        saving = wants_checkpoint(self, self.grad_checkpointing)
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
+            if saving:
+                for block in layer:
+                    x = checkpointed(block, x)
+            else:
+                x = layer(x)
             stages.append(x)
         return stages
 

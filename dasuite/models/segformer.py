@@ -28,6 +28,7 @@ from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 from dasuite.errors import ConfigError
 from dasuite.models.base import MODELS, ModelOutput, SegModel
+from dasuite.models.checkpoint import checkpointed, wants_checkpoint
 from dasuite.models.pretrained import CheckpointState, Converted, load_pretrained
 
 BLOCK_LAYER_NORM_EPS = 1e-6  # NVlabs mit_bX: norm_layer=partial(nn.LayerNorm, eps=1e-6)
@@ -99,6 +100,9 @@ class SegFormer(SegModel):
     head_prefixes = ("decode_head.",)  # whole decode head (incl. decode_head.batch_norm) gets the head lr
     encoder_prefix = "segformer."
     classifier_prefix = "decode_head.classifier."
+    #: checkpoint through transformers when its layers support it (False: dasuite's own block checkpointing)
+    use_transformers_checkpointing = True
+    _own_checkpointing = False
 
     def __init__(self, config: SegformerConfig) -> None:
         super().__init__()
@@ -132,14 +136,46 @@ class SegFormer(SegModel):
         head = self.decode_head
         return head.activation(head.batch_norm(head.linear_fuse(torch.cat(projected[::-1], dim=1))))
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Checkpoint every encoder block (``SegformerLayer``) in training (``train.grad_checkpointing``).
+
+        Through transformers' own gradient checkpointing when its SegFormer layers support it (non-reentrant
+        ``torch.utils.checkpoint``); otherwise ``encode`` runs each block through ``dasuite.models.checkpoint``.
+        The patch embeddings, stage norms and the decoder are not checkpointed."""
+        native = self.use_transformers_checkpointing and getattr(
+            self.segformer, "supports_gradient_checkpointing", False) and any(
+            hasattr(m, "gradient_checkpointing") for m in self.segformer.modules() if m is not self.segformer)
+        self._own_checkpointing = enabled and not native
+        encoder = self.segformer
+        if native and enabled and hasattr(encoder, "activation_checkpointing_enable"):  # transformers >= 5.x names
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif native and enabled:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif native:
+            (getattr(encoder, "activation_checkpointing_disable", None) or encoder.gradient_checkpointing_disable)()
+        if self._own_checkpointing and not hasattr(self.segformer, "stages"):
+            raise ConfigError("train.grad_checkpointing: this transformers version's SegFormer has neither gradient "
+                              "checkpointing nor the stages list dasuite can checkpoint; upgrade transformers")
+
+    def _stage_checkpointed(self, stage: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """``stage(hidden)`` (transformers >= 5 ``SegformerStage``) with each block checkpointed."""
+        hidden, height, width = stage.patch_embeddings(hidden)
+        for block in stage.blocks:
+            hidden = checkpointed(block, hidden, height, width)
+        hidden = stage.layer_norm(hidden)
+        if stage.reshape:
+            hidden = hidden.reshape(hidden.shape[0], height, width, -1).permute(0, 3, 1, 2).contiguous()
+        return hidden
+
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The 4 stage outputs Bx{C_i}x{h_i}x{w_i}: the stages are run in turn (transformers >= 5), or read from
         the documented ``output_hidden_states`` of transformers 4.x, which has no ``stages`` list."""
         if not hasattr(self.segformer, "stages"):
             return self.segformer(images, output_hidden_states=True, return_dict=True).hidden_states
+        own = wants_checkpoint(self, self._own_checkpointing)
         outputs, hidden = [], images
         for stage in self.segformer.stages:
-            hidden = stage(hidden)
+            hidden = self._stage_checkpointed(stage, hidden) if own else stage(hidden)
             outputs.append(hidden)
         return tuple(outputs)
 
