@@ -60,7 +60,7 @@ def _peak_mib(device) -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _config(args):
+def _config(args, extra=()):
     from dasuite.config import load_config
 
     w, h = args.size
@@ -69,7 +69,7 @@ def _config(args):
         f"train.max_iters={args.warmup + args.iters}", "train.eval_interval=100000",
         "train.checkpoint_interval=100000", "train.log_interval=20", f"data.source.size=[{w},{h}]",
         "data.source.augment.crop=null", "data.num_workers=0", f"work_dir={args.work_dir}", "log.progress_bar=true",
-        "schedule.warmup_iters=10", f"tag=bench{time.time_ns()}",
+        "schedule.warmup_iters=10", f"tag=bench{time.time_ns()}", *extra,
     ])
 
 

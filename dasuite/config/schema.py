@@ -16,6 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from dasuite.data.augment import AugmentConfig
 from dasuite.data.fda import FDAConfig
 from dasuite.data.sampling import training_variants
+from dasuite.errors import ConfigError
 from dasuite.models.config import ModelConfig
 from dasuite.registry import DATASETS, METHODS
 from dasuite.schedule import ScheduleConfig
@@ -141,17 +142,27 @@ class OptimConfig(Section):
     """Weight decay of the body's normalisation layers and position blocks (SegFormer: 0); null = ``weight_decay``."""
     grad_clip: Optional[float] = Field(None, gt=0)
     """Maximum total gradient norm, clipped before each optimizer step; null = no clipping."""
+    lr_reference_batch: Optional[int] = Field(None, gt=0)
+    """Linear learning-rate scaling: every learning rate of this optimizer is multiplied by (global batch /
+    ``lr_reference_batch``); null = none, ``lr`` is used as written at any batch size and number of processes."""
 
 
 class TrainConfig(Section):
-    """Iteration-based training. ``batch_size`` is per process; ``grad_accum`` micro-batches make one iteration."""
+    """Iteration-based training. Without ``global_batch_size``, ``batch_size`` is per process and ``grad_accum``
+    micro-batches make one iteration, so the global batch grows with the number of processes; with it, the global
+    batch is fixed and each process's micro-batch and accumulation are derived (``per_process``)."""
 
     max_iters: int = Field(1000, gt=0)
     """Training length in iterations (optimizer steps)."""
     batch_size: int = Field(4, gt=0)
-    """Images per process and micro-batch (for each data role the method draws)."""
+    """Images per process and micro-batch (for each data role the method draws); with ``global_batch_size``, the
+    largest micro-batch one process takes (what fits in its memory)."""
     grad_accum: int = Field(1, gt=0)
-    """Micro-batches accumulated into one iteration."""
+    """Micro-batches accumulated into one iteration (derived instead when ``global_batch_size`` is set)."""
+    global_batch_size: Optional[int] = Field(None, gt=0)
+    """Images per iteration over all processes (per data role): each of N processes takes global/N of them, in
+    micro-batches of the largest divisor of global/N not above ``batch_size``, accumulated; an error when N does
+    not divide it. null = ``batch_size`` x ``grad_accum`` per process (the global batch grows with N)."""
     eval_interval: int = Field(500, gt=0)
     """Iterations between validations on ``data.val`` (also run at the end)."""
     checkpoint_interval: int = Field(500, gt=0)
@@ -168,6 +179,44 @@ class TrainConfig(Section):
     grad_checkpointing: bool = False
     """Activation checkpointing of the encoder's blocks (SegFormer layers, ResNet / MobileNetV2 blocks): less
     activation memory for one more encoder forward per step; same losses and gradients (docs/benchmarks.md)."""
+    compile: bool = False
+    """``torch.compile`` the trained network (and extra trained modules) through Accelerate's dynamo support;
+    checkpoints stay plain state dicts, evaluation runs the eager network (docs/benchmarks.md, "Speed levers")."""
+    compile_backend: Literal["inductor", "aot_eager", "eager", "cudagraphs"] = "inductor"
+    """torch.compile backend with ``compile: true`` (``aot_eager``/``eager``: no code generation, for debugging)."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode with ``compile: true`` (``reduce-overhead``: CUDA graphs; ``max-autotune``: kernel search)."""
+    channels_last: bool = False
+    """Channels-last memory format for the trained network's weights and the training images (pays for the
+    convolutional networks on GPUs: DeepLabV2/V3+; the logits are made contiguous for the loss)."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN time its convolution algorithms for each new input shape and keep the fastest (CUDA only; no
+    effect on the CPU); off = cuDNN's heuristics, for fewer nondeterministic kernels."""
+
+    @model_validator(mode="after")
+    def _global_or_accum(self) -> "TrainConfig":
+        if self.global_batch_size is not None and self.grad_accum != 1:
+            raise ValueError(f"grad_accum ({self.grad_accum}) is derived from global_batch_size "
+                             f"({self.global_batch_size}): remove grad_accum, or global_batch_size")
+        return self
+
+    def per_process(self, num_processes: int) -> tuple[int, int]:
+        """``(micro_batch, grad_accum)`` of each of ``num_processes`` processes (see ``global_batch_size``)."""
+        if self.global_batch_size is None:
+            return self.batch_size, self.grad_accum
+        share, rest = divmod(self.global_batch_size, num_processes)
+        if rest or share == 0:
+            counts = [n for n in range(1, self.global_batch_size + 1) if self.global_batch_size % n == 0]
+            raise ConfigError(f"train.global_batch_size={self.global_batch_size} does not divide over "
+                              f"{num_processes} processes: run on {', '.join(map(str, counts))} processes, or set a "
+                              f"multiple of {num_processes}")
+        micro = max(d for d in range(1, min(share, self.batch_size) + 1) if share % d == 0)
+        return micro, share // micro
+
+    def global_batch(self, num_processes: int) -> int:
+        """Images per iteration over ``num_processes`` processes (per data role)."""
+        micro, accum = self.per_process(num_processes)
+        return micro * accum * num_processes
 
 
 class EvalConfig(Section):

@@ -14,7 +14,7 @@ import os
 from typing import Any, Optional
 
 import torch
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, TorchDynamoPlugin, set_seed
 from tqdm.auto import tqdm
 
 from dasuite.config.load import flatten_config
@@ -100,6 +100,24 @@ def keep_cpu_heap(device: torch.device) -> bool:
         libc.mallopt(_M_TRIM_THRESHOLD, CPU_HEAP_KEEP))
 
 
+def sync_batchnorm(module: torch.nn.Module, num_processes: int, device_type: str) -> torch.nn.Module:
+    """``module`` with its trainable BatchNorm layers as SyncBatchNorm when several GPU processes train (batch
+    statistics over the global batch). Frozen BatchNorm (torchvision's ``FrozenBatchNorm2d``) is another class and
+    stays; one process, or CPU processes (SyncBatchNorm runs on GPUs only), leave ``module`` as it is."""
+    if num_processes == 1 or device_type == "cpu":
+        return module
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def compile_plugin(train: Any) -> dict[str, Any]:
+    """``make_accelerator`` keyword for ``train.compile``: Accelerate compiles every module it prepares (the network
+    and the method's extra trained modules) with this backend and mode; nothing when compile is off (Accelerate's
+    own ``--dynamo_backend`` / config then decide, as for any Accelerate program)."""
+    if not train.compile:
+        return {}
+    return {"dynamo_plugin": TorchDynamoPlugin(backend=train.compile_backend, mode=train.compile_mode)}
+
+
 class Trainer:
     """Builds everything a run needs from the config, then ``fit()`` runs the loop."""
 
@@ -120,34 +138,50 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.run.root), logging_dir=str(self.run.root)),
             kwargs_handlers=[DistributedDataParallelKwargs(
                 find_unused_parameters=METHODS.get(cfg.method.name).find_unused_parameters)],
+            **compile_plugin(cfg.train),
         )
+        acc = self.accelerator
+        self.micro_batch, self.grad_accum = cfg.train.per_process(acc.num_processes)
+        acc.gradient_accumulation_steps = self.grad_accum
+        self.global_batch = self.micro_batch * self.grad_accum * acc.num_processes
+        if acc.is_main_process:
+            logger.info("global batch %d = %d process(es) x micro-batch %d x %d accumulation step(s)",
+                        self.global_batch, acc.num_processes, self.micro_batch, self.grad_accum)
         set_seed(cfg.seed, device_specific=True)
         limit_cpu_threads(self.accelerator.device, cfg.data.num_workers)
         keep_cpu_heap(self.accelerator.device)
+        if self.accelerator.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
         with self.accelerator.main_process_first():  # class statistics are computed (and cached) once
             self.datasets = build_datasets(cfg)
             check_labels(self.datasets)
         self.classes = self.datasets["source"].classes
         self.method = METHODS.get(cfg.method.name)(cfg, self.classes.num_classes)
-        if cfg.train.grad_checkpointing:
-            self.method.model.set_grad_checkpointing(True)
         self.extras = self.method.extra_modules()
         missing = [role for role in self.method.domains if role not in self.datasets]
         if missing:
             raise DasuiteError(f"method {cfg.method.name!r} needs data.{missing[0]}, which the experiment does not set")
         if cfg.train.init_from and not resume:
             load_model_weights(self.method.model, cfg.train.init_from, "--init-from")
+        if cfg.train.grad_checkpointing:
+            self.method.model.set_grad_checkpointing(True)
+        if cfg.model.sync_bn:
+            self._sync_batchnorm()
+        if cfg.train.channels_last:
+            for module in (self.method.model, *[getattr(self.method, n) for n in self.extras]):
+                module.to(memory_format=torch.channels_last)
         head = getattr(self.method.model, "head_prefixes", ())
-        optimizer = build_optimizer(self.method.model, cfg.optim, head, [getattr(self.method, n) for n in self.extras])
+        lr_scale = self.global_batch / cfg.optim.lr_reference_batch if cfg.optim.lr_reference_batch else 1.0
+        optimizer = build_optimizer(self.method.model, cfg.optim, head, [getattr(self.method, n) for n in self.extras],
+                                    lr_scale=lr_scale)
         self.scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_iters)
         prepared = self.accelerator.prepare(self.method.model, *[getattr(self.method, n) for n in self.extras], optimizer)
         self.method.model, self.optimizer = prepared[0], prepared[-1]
         for name, module in zip(self.extras, prepared[1:-1]):
             setattr(self.method, name, module)
         self.method.setup(self.accelerator)
-        acc = self.accelerator
         roles = fda_roles(self.method.domains, cfg.data.fda)  # data.fda also draws target batches
-        self.loaders = {role: self.datasets[role].loader(cfg.train.batch_size, cfg.data.num_workers, cfg.seed,
+        self.loaders = {role: self.datasets[role].loader(self.micro_batch, cfg.data.num_workers, cfg.seed,
                                                          acc.process_index, acc.num_processes)
                         for role in roles}
         self.augments = {role: DeviceAugment(self.datasets[role].augment) for role in roles}
@@ -159,6 +193,16 @@ class Trainer:
         self.final: Optional[dict] = None
         if resume:
             self._load_last()
+
+    def _sync_batchnorm(self) -> None:
+        """``model.sync_bn`` for the network and the method's extra trained modules (``sync_batchnorm``)."""
+        acc = self.accelerator
+        if acc.num_processes > 1 and acc.device.type == "cpu" and acc.is_main_process:
+            logger.warning("model.sync_bn: SyncBatchNorm runs on GPUs only; the %d CPU processes normalise with "
+                           "their own batch statistics", acc.num_processes)
+        self.method.model = sync_batchnorm(self.method.model, acc.num_processes, acc.device.type)
+        for name in self.extras:
+            setattr(self.method, name, sync_batchnorm(getattr(self.method, name), acc.num_processes, acc.device.type))
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def _save_last(self) -> None:
@@ -178,6 +222,8 @@ class Trainer:
                 "loaders": {role: loader.state_dict() for role, loader in self.loaders.items()},
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,  # fp16 loss scale
                 "iteration": self.iteration,
+                "batch": {"processes": acc.num_processes, "micro_batch": self.micro_batch,
+                          "grad_accum": self.grad_accum},
                 "best": self.best,
                 "final": self.final,
                 "rng": rng,
@@ -203,6 +249,7 @@ class Trainer:
         if not self.run.last.exists():
             raise DasuiteError(f"--resume: no checkpoint at {str(self.run.last)!r}")
         state = load_torch(self.run.last)
+        self._check_batch(state)
         self.accelerator.unwrap_model(self.method.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -225,11 +272,34 @@ class Trainer:
             if not legacy.is_file():
                 raise DasuiteError(f"--resume: {self.run.last} holds no RNG states and {legacy} is missing")
             return load_torch(legacy)
-        if len(states) != acc.num_processes:
-            logger.warning("--resume: %s was written by %d processes, this run has %d: the training continues from "
-                           "the same iteration and data position, but its random draws differ from an uninterrupted "
-                           "run's", self.run.last, len(states), acc.num_processes)
         return states[acc.process_index % len(states)]
+
+    def _check_batch(self, state: dict) -> None:
+        """``--resume`` continues only with the global batch that wrote ``last.pt`` (processes x micro-batch x
+        accumulation; older checkpoints: their loaders' batch size and RNG states, ``train.grad_accum``). With the
+        same global batch on another number of processes it continues from the same iteration, data position and
+        learning rate, but not bit-identically: random draws and BatchNorm statistics follow the new split."""
+        acc = self.accelerator
+        saved = state.get("batch")
+        if saved is None:
+            loaders = list(state.get("loaders", {}).values())
+            saved = {"processes": len(state.get("rng") or [None]),
+                     "micro_batch": loaders[0]["batch_size"] if loaders else self.micro_batch,
+                     "grad_accum": self.cfg.train.grad_accum}
+        then = saved["processes"] * saved["micro_batch"] * saved["grad_accum"]
+        if then != self.global_batch:
+            hint = (f"set train.global_batch_size={then}" if then % acc.num_processes == 0
+                    else f"resume with {saved['processes']} processes")
+            raise DasuiteError(
+                f"--resume: {self.run.last} was written with a global batch of {then} ({saved['processes']} "
+                f"process(es) x {saved['micro_batch']} x {saved['grad_accum']} accumulation) but this run's is "
+                f"{self.global_batch} ({acc.num_processes} x {self.micro_batch} x {self.grad_accum}): {hint} "
+                f"(docs/cli.md, 'Several processes')")
+        if saved["processes"] != acc.num_processes and acc.is_main_process:
+            logger.warning("--resume: %s was written by %d process(es), this run has %d: same iteration, data "
+                           "position, global batch %d and learning rate; random draws and BatchNorm statistics "
+                           "follow the new split, so it is not bit-identical to an uninterrupted run",
+                           self.run.last, saved["processes"], acc.num_processes, self.global_batch)
 
     # ---------------------------------------------------------------------------------------------------- eval
     def _evaluate(self, role: str, vis: int = 0) -> tuple[dict, Optional[torch.Tensor]]:
@@ -268,6 +338,8 @@ class Trainer:
             label = raw.get("label")
             label = label.to(self.accelerator.device, non_blocking=True) if label is not None else None
             image, label = self.augments[role](image, label)
+            if self.cfg.train.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
             batches[role] = {"image": image, "label": label, "name": raw["name"]}
         return apply_fda(batches, self.cfg.data.fda, self.method.domains)  # identity without data.fda
 
@@ -294,7 +366,7 @@ class Trainer:
         bar = tqdm(total=tcfg.max_iters, initial=self.iteration, desc=cfg.name, dynamic_ncols=True,
                    disable=not (cfg.log.progress_bar and acc.is_main_process))
         while self.iteration < tcfg.max_iters:
-            for _ in range(tcfg.grad_accum):
+            for _ in range(self.grad_accum):
                 with acc.accumulate(*trained):
                     losses = self.method.training_step(self._next_batches(), self.iteration)
                     acc.backward(losses["loss"])

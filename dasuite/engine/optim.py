@@ -14,14 +14,16 @@ _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Lo
 _NO_DECAY_NAME_PARTS = ("pos_block", "position_embedding", "pos_embed")
 
 
-def param_groups(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[str] = ()) -> list[dict]:
+def param_groups(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[str] = (),
+                 lr_scale: float = 1.0) -> list[dict]:
     """Split trainable parameters into up to three groups: head, body, body normalisation/position.
 
     Head parameters (names starting with one of ``head_prefixes``) get ``lr * head_lr_mult``; parameters of the
     body's normalisation layers and position blocks get ``norm_weight_decay`` (when set) instead of
     ``weight_decay``. As in SegFormer's mmcv recipe, where the ``norm`` key matched only encoder norms and the
     decode head's BN (``linear_fuse.bn``) matched ``head``, head norms keep the lr multiplier and normal decay.
-    Each group records ``initial_lr`` so schedules scale it.
+    Each group records ``initial_lr`` so schedules scale it. ``lr_scale`` multiplies every learning rate (the
+    linear scaling rule of ``optim.lr_reference_batch``; 1 by default).
     """
     prefixes = tuple(head_prefixes)
     no_decay: set[int] = set()
@@ -39,7 +41,7 @@ def param_groups(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[s
         groups.setdefault((is_head, is_norm), []).append(param)
     out = []
     for (is_head, is_norm), params in sorted(groups.items()):
-        lr = cfg.lr * (cfg.head_lr_mult if is_head else 1.0)
+        lr = cfg.lr * (cfg.head_lr_mult if is_head else 1.0) * lr_scale
         wd = cfg.norm_weight_decay if is_norm else cfg.weight_decay
         out.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd,
                     "group": f"{'head' if is_head else 'body'}{'_norm' if is_norm else ''}"})
@@ -47,13 +49,13 @@ def param_groups(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[s
 
 
 def build_optimizer(model: nn.Module, cfg: "OptimConfig", head_prefixes: Iterable[str] = (),
-                    extra: Iterable[nn.Module] = ()) -> torch.optim.Optimizer:
+                    extra: Iterable[nn.Module] = (), lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """AdamW or SGD over ``param_groups``; ``extra`` modules (new layers such as KD projectors) form one more group
     at the head learning rate and normal weight decay."""
-    groups = param_groups(model, cfg, head_prefixes)
+    groups = param_groups(model, cfg, head_prefixes, lr_scale)
     extra_params = [p for m in extra for p in m.parameters() if p.requires_grad]
     if extra_params:
-        lr = cfg.lr * cfg.head_lr_mult
+        lr = cfg.lr * cfg.head_lr_mult * lr_scale
         groups.append({"params": extra_params, "lr": lr, "initial_lr": lr, "weight_decay": cfg.weight_decay,
                        "group": "extra"})
     if cfg.name == "adamw":

@@ -11,10 +11,14 @@ from dasuite.constants import IGNORE_INDEX
 
 
 def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (align_corners=False) resize of BxKxhxw logits to ``size`` = (H, W); no-op when already there."""
+    """Bilinear (align_corners=False) resize of BxKxhxw logits to ``size`` = (H, W); no-op when already there.
+
+    Logits in channels-last layout (SegFormer's decoder, ``train.channels_last``) are made contiguous first: the
+    copy of the small logits replaces the copies that softmax / cross-entropy over the class dimension would make of
+    the upsampled (stride**2 times larger) tensor and its gradient."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits.contiguous(), size=size, mode="bilinear", align_corners=False)
 
 
 def seg_loss(

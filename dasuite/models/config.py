@@ -27,6 +27,9 @@ class ModelConfig(Section):
     """Train from random initialisation on purpose (no ``pretrained``); tiny models and the toy data never need it."""
     options: dict[str, Any] = Field(default_factory=dict)
     """The architecture's own options, e.g. ``drop_path`` or ``output_stride`` (Model options below)."""
+    sync_bn: bool = False
+    """Under several GPU processes, turn the network's trainable BatchNorm layers into SyncBatchNorm (batch
+    statistics over the global batch); frozen BatchNorm is left as it is; no effect with one process or on CPUs."""
 
     @model_validator(mode="after")
     def _scratch_or_pretrained(self) -> "ModelConfig":
