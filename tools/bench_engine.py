@@ -9,8 +9,10 @@ iteration is the median over measured iterations, the best repeat is kept.
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the process's peak resident set size (VmHWM,
 reset after warm-up through /proc/self/clear_refs) during the measured iterations.
 
-Prints both sides, the metric-update throughput against torchmetrics, and as its last line
-``time_ratio=<engine/bare> memory_ratio=<engine/bare>`` (targets: <= 1.05 and <= 1.10).
+``--bf16`` runs both sides in bf16 autocast, ``--compile`` compiles the model on both sides (the engine through
+``train.compile``, the bare loop with ``torch.compile``). Prints both sides, the metric-update throughput against
+torchmetrics, and as its last line ``time_ratio=<engine/bare> memory_ratio=<engine/bare>`` (targets: <= 1.05 and
+<= 1.10).
 
 ``--user``: engine overhead as a user meets it, whole process against whole process. One side runs
 ``python -m dasuite run experiments/toy/source_only.yaml`` (tiny SegFormer-B0, batch 8, AdamW, the toy dataset,
@@ -68,7 +70,7 @@ def _config(args, extra=()):
         f"model.arch={args.arch}", f"model.tiny={str(args.tiny).lower()}", f"train.batch_size={args.batch}",
         f"train.max_iters={args.warmup + args.iters}", "train.eval_interval=100000",
         "train.checkpoint_interval=100000", "train.log_interval=20", f"data.source.size=[{w},{h}]",
-        "data.source.augment.crop=null", "data.num_workers=0", f"work_dir={args.work_dir}", "log.progress_bar=true",
+        "data.source.augment.crop=null", "data.num_workers=0", "data.val=null", "data.test=null", f"work_dir={args.work_dir}", "log.progress_bar=true",
         "schedule.warmup_iters=10", f"tag=bench{time.time_ns()}", *extra,
     ])
 
@@ -99,7 +101,7 @@ def run_engine(args) -> dict:
 
     from dasuite.engine.loop import Trainer
 
-    trainer = Trainer(_config(args))
+    trainer = Trainer(_config(args, _lever_overrides(args)))
     device = trainer.accelerator.device
     batches = _cached_batches(args, device)
     stamps: list[float] = []
@@ -137,10 +139,13 @@ def run_bare(args) -> dict:
     opt = build_optimizer(model, cfg.optim, model.head_prefixes)
     sched = build_scheduler(opt, cfg.schedule, cfg.train.max_iters)
     batches = _cached_batches(args, device)
+    forward = torch.compile(model, backend=args.compile_backend) if getattr(args, "compile", False) else model
+    precision = torch.bfloat16 if getattr(args, "bf16", False) else None
     stamps = []
     for step in range(args.warmup + args.iters):
         batch = batches[step % len(batches)]
-        loss = seg_loss(model(batch["image"]), batch["label"])
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+            loss = seg_loss(forward(batch["image"]), batch["label"])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -151,6 +156,14 @@ def run_bare(args) -> dict:
         if step + 1 == args.warmup:
             _reset_peak(device)
     return {"times": stamps, "peak_mib": _peak_mib(device)}
+
+
+def _lever_overrides(args) -> list[str]:
+    """The engine side's config for ``--bf16`` / ``--compile`` (the bare side applies them by hand)."""
+    extra = ["train.mixed_precision=bf16"] if getattr(args, "bf16", False) else []
+    if getattr(args, "compile", False):
+        extra += ["train.compile=true", f"train.compile_backend={args.compile_backend}"]
+    return extra
 
 
 USER_LR, USER_WD, USER_WARMUP, USER_BATCH = 0.002, 0.01, 50, 8
@@ -258,6 +271,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work-dir", default="/tmp/dasuite_bench_runs")
+    parser.add_argument("--bf16", action="store_true", help="both sides in bf16 autocast (train.mixed_precision)")
+    parser.add_argument("--compile", action="store_true", help="both sides torch.compile the model (train.compile)")
+    parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--user", action="store_true",
                         help="whole process: `dasuite run` of the toy experiment vs a plain PyTorch script")
     parser.add_argument("--user-iters", type=int, default=300)
@@ -289,7 +305,8 @@ def main() -> None:
     sec = {s: min(_per_iter(r["times"], args.warmup) for r in rs) for s, rs in results.items()}
     mem = {s: min(r["peak_mib"] for r in rs) for s, rs in results.items()}
     print(f"model {args.arch}{' (tiny)' if args.tiny else ''}, batch {args.batch}, {args.size[0]}x{args.size[1]}, "
-          f"{args.iters} measured iterations x {args.repeats} repeats")
+          f"{args.iters} measured iterations x {args.repeats} repeats{', bf16' if args.bf16 else ''}"
+          f"{f', compiled ({args.compile_backend})' if args.compile else ''}")
     for side in ("bare", "engine"):
         print(f"{side:>6}: {sec[side] * 1000:8.1f} ms/iter   peak memory {mem[side]:8.1f} MiB")
     from tools.bench_metrics import bench_metric_update

@@ -31,21 +31,22 @@ from bench_engine import _peak_mib, _reset_peak  # noqa: E402  (the engine bench
 SIZE = (1024, 2048)  # H, W
 
 
-def measure(arch: str, mode: str, repeat: int, window_batch: int, crop: int = 1024) -> dict:
+def measure(arch: str, mode: str, repeat: int, window_batch: int, crop: int = 1024, *, tiny: bool = False,
+            size: tuple[int, int] = SIZE) -> dict:
     from dasuite.config.schema import EvalConfig
     from dasuite.engine.inference import predict
     from dasuite.models import create_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = create_model(arch, 19).to(device).eval()
+    model = create_model(arch, 19, tiny=tiny).to(device).eval()
     slide = mode == "slide"
     passes = {"tta2": {"flip": True}, "tta4": {"scales": [1.0, 1.0], "flip": True}}.get(mode, {})  # averaged passes
     settings = EvalConfig(mode="slide" if slide else "whole", crop=(crop, crop) if slide else None,
                           stride=(crop * 3 // 4,) * 2 if slide else None, window_batch=window_batch, **passes)
-    image = torch.randn(1, 3, *SIZE, device=device)
+    image = torch.randn(1, 3, *size, device=device)
     with torch.no_grad():
-        predict(model, image, SIZE, settings)  # warm-up
+        predict(model, image, size, settings)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         base = _resident_mib() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
@@ -53,12 +54,12 @@ def measure(arch: str, mode: str, repeat: int, window_batch: int, crop: int = 10
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
-            scores = predict(model, image, SIZE, settings)
+            scores = predict(model, image, size, settings)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
     peak = _peak_mib(device)
-    assert scores.shape == (1, 19, *SIZE)
+    assert scores.shape == (1, 19, *size)
     return {"arch": arch, "mode": mode, "seconds": statistics.median(times), "peak_mib": peak,
             "added_mib": peak - base, "device": device.type}
 
@@ -79,10 +80,13 @@ def main() -> None:
     parser.add_argument("--only-large", action="store_true", help="Skip SegFormer-B0.")
     parser.add_argument("--passes", action="store_true", help="Only SegFormer-B0: 1, 2 (flip) and 4 (scales [1, 1] "
                         "x flip) full-size passes: beyond the one accumulator, the peak must not grow with the passes.")
+    parser.add_argument("--tiny", action="store_true", help="Tiny widths (a smoke test of this script).")
+    parser.add_argument("--size", type=int, nargs=2, default=[SIZE[1], SIZE[0]], metavar=("W", "H"))
     parser.add_argument("--child", nargs=2, metavar=("ARCH", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(*args.child, args.repeat, args.window_batch, args.crop)))
+        print(json.dumps(measure(*args.child, args.repeat, args.window_batch, args.crop, tiny=args.tiny,
+                                 size=(args.size[1], args.size[0]))))
         return
     if args.passes:
         one, two, four = (json.loads(subprocess.run(
@@ -96,7 +100,8 @@ def main() -> None:
     for arch in archs:
         for mode in ("whole", "slide"):
             proc = subprocess.run([sys.executable, __file__, "--child", arch, mode, "--repeat", str(args.repeat),
-                                   "--window-batch", str(args.window_batch), "--crop", str(args.crop)],
+                                   "--window-batch", str(args.window_batch), "--crop", str(args.crop),
+                                   "--size", *map(str, args.size), *(["--tiny"] if args.tiny else [])],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(proc.stderr)
