@@ -96,6 +96,8 @@ def test_errors_name_the_path(fake_camvid, tmp_path):
         CamVidConfig(list_file="train.txt", fold=1)
     with pytest.raises(ValidationError):
         CamVidConfig(fold=3)
+    with pytest.raises(ValidationError, match="'other_train' is a part of the other fold: it needs fold"):
+        CamVidConfig(split="other_train")
 
 
 def test_image_io(tmp_path):
@@ -167,7 +169,8 @@ def test_real_list_files_equal_folders(shared_data, split):
 
 
 def test_real_folds(shared_data):
-    folds = {(k, s): real(shared_data, fold=k, split=s) for k in (1, 2) for s in ("train", "val", "test", "trainval")}
+    folds = {(k, s): real(shared_data, fold=k, split=s) for k in (1, 2)
+             for s in ("train", "val", "test", "trainval", "other_train", "other_val")}
     files = {key: {p for p, _ in ds.files} for key, ds in folds.items()}
     everything = files[1, "train"] | files[1, "val"] | files[2, "train"] | files[2, "val"]
     assert sum(len(folds[k, s]) for k in (1, 2) for s in ("train", "val")) == len(everything) == 701
@@ -176,6 +179,7 @@ def test_real_folds(shared_data):
     for k, other in ((1, 2), (2, 1)):
         assert files[k, "test"] == files[other, "train"] | files[other, "val"]
         assert files[k, "trainval"] == files[k, "train"] | files[k, "val"]
+        assert files[k, "other_train"] == files[other, "train"] and files[k, "other_val"] == files[other, "val"]
         assert not files[k, "test"] & files[k, "trainval"]
     item = folds[1, "val"][0]
     assert item["label"].shape == (360, 480) and item["name"] == "0001TP_009660.png"

@@ -29,15 +29,18 @@ _CHECK_LUT[12:255] = np.arange(12, 255, dtype=np.uint8)
 
 
 class CamVidConfig(DatasetConfig):
-    """Options of the ``camvid`` dataset. ``fold: K`` picks fold K's train / val, and as ``test`` the other
-    fold's train + val; ``list_file`` (relative to ``root`` unless absolute) replaces the split folders."""
+    """Options of the ``camvid`` dataset. ``fold: K`` picks fold K's train / val, as ``test`` the other fold's
+    train + val, and as ``other_train`` / ``other_val`` the other fold's train / val (cross-sequence adaptation:
+    unlabelled target and its held-out test); ``list_file`` (relative to ``root`` unless absolute) replaces the split
+    folders."""
 
     name: Literal["camvid"] = "camvid"
     """Selects this dataset (``dasuite list datasets``)."""
     root: str = "$DASUITE_DATA/camvid"
     """The SegNet ``CamVid/`` folder (``train/``, ``trainannot/``, ``val/``, ...)."""
-    split: Literal["train", "val", "test", "trainval"] = "train"
-    """Split to read (``trainval``: train + val); with ``fold``, that part of the fold (``test``: the other fold)."""
+    split: Literal["train", "val", "test", "trainval", "other_train", "other_val"] = "train"
+    """Split to read (``trainval``: train + val); with ``fold``, that part of the fold (``test``: the other fold;
+    ``other_train`` / ``other_val``, with ``fold`` only: the other fold's train / val)."""
     list_file: Optional[str] = None
     """A SegNet-style list file (``image [label]`` per line) replacing the split folders, relative to ``root`` unless
     absolute; null = the folders."""
@@ -48,6 +51,8 @@ class CamVidConfig(DatasetConfig):
     def _one_source(self) -> "CamVidConfig":
         if self.list_file is not None and self.fold is not None:
             raise ValueError(f"give either list_file ({self.list_file!r}) or fold ({self.fold}), not both")
+        if self.split.startswith("other_") and self.fold is None:
+            raise ValueError(f"split {self.split!r} is a part of the other fold: it needs fold (1 or 2)")
         return self
 
 
@@ -96,13 +101,16 @@ def folder_pairs(root: Path, split: str) -> list[Pair]:
 
 
 def fold_files(fold: int, split: str) -> list[Path]:
-    """The shipped list files that make up ``split`` of fold ``fold`` (test = the other fold's train + val)."""
+    """The shipped list files that make up ``split`` of fold ``fold`` (test = the other fold's train + val,
+    other_train / other_val = the other fold's train / val)."""
     other = 3 - fold
     names = {
         "train": [f"fold{fold}_train.txt"],
         "val": [f"fold{fold}_val.txt"],
         "trainval": [f"fold{fold}_train.txt", f"fold{fold}_val.txt"],
         "test": [f"fold{other}_train.txt", f"fold{other}_val.txt"],
+        "other_train": [f"fold{other}_train.txt"],
+        "other_val": [f"fold{other}_val.txt"],
     }[split]
     return [FOLDS_DIR / name for name in names]
 
