@@ -19,7 +19,9 @@ from dasuite.models.pretrained import load_pretrained
 from dasuite.models.resnet import ResNetBackbone
 from dasuite.models.segformer import MIT_SPECS, SegFormer, convert_mit_checkpoint
 
-ARCHS = MODELS.names()
+# hrda fuses two predictions of a base network (no single decoder feeds a classifier; its features are the context
+# pass's): tests/test_hrda.py checks its contract
+ARCHS = [arch for arch in MODELS.names() if arch != "hrda"]
 DEEPLABS = [a for a in ARCHS if a.startswith("deeplabv3plus_")]
 FEATURES = {"stage1", "stage2", "stage3", "stage4", "decoder"}
 LOGIT_FEATURES = {a: {"aux_logits"} for a in ARCHS if a.startswith("deeplabv2_")}  # extra heads (multi-level)
