@@ -119,7 +119,7 @@ def test_segformer_options_reach_the_network() -> None:
     eps = {n: m.eps for n, m in model.segformer.named_modules() if isinstance(m, nn.LayerNorm)}
     assert {e for n, e in eps.items() if "patch_embeddings" in n or ".attention." in n} == {1e-5}
     assert {e for n, e in eps.items() if "patch_embeddings" not in n and ".attention." not in n} == {1e-6}
-    assert model_options("segformer_b0") == {"drop_path": 0.1, "dropout": 0.1}
+    assert model_options("segformer_b0") == {"drop_path": 0.1, "dropout": 0.1, "decoder": "mlp"}
 
 
 OFFICIAL_MIT = {  # kd_anchors.md section 4.1: depths, decoder dim; widths 32..256 for B0 else 64..512

@@ -10,6 +10,9 @@ computed from (no hooks, one forward):
   ``decode_head.activation`` and the input of ``decode_head.dropout`` (mmseg's ``linear_fuse`` output).
 
 Logits = ``decode_head.classifier(decode_head.dropout(decoder))`` at stride 4, Bx K x ceil(H/4) x ceil(W/4).
+``decoder: daformer`` replaces the all-MLP decoder by DAFormer's context-aware fusion decoder
+(``dasuite.models.daformer_head``; ``decoder`` is then its bottleneck output, width 256, tiny: the variant's
+decoder width); the encoder, the features ``stage1..4`` and the parameter prefixes stay the same.
 Differences from NVlabs kept from transformers: element-wise ``nn.Dropout`` instead of ``Dropout2d``.
 LayerNorm eps is set to the original values (1e-6 in blocks and stage norms, 1e-5 in patch embeddings and in the
 key/value reduction) instead of transformers' uniform 1e-5.
@@ -18,7 +21,7 @@ key/value reduction) instead of transformers' uniform 1e-5.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import torch
@@ -29,9 +32,12 @@ from transformers import SegformerConfig, SegformerForSemanticSegmentation
 from dasuite.errors import ConfigError
 from dasuite.models.base import MODELS, ModelOutput, SegModel
 from dasuite.models.checkpoint import checkpointed, wants_checkpoint
+from dasuite.models.daformer_head import DAFormerHead
 from dasuite.models.pretrained import CheckpointState, Converted, load_pretrained
 
 BLOCK_LAYER_NORM_EPS = 1e-6  # NVlabs mit_bX: norm_layer=partial(nn.LayerNorm, eps=1e-6)
+DECODERS = ("mlp", "daformer")
+DAFORMER_CHANNELS = 256  # DAFormer's embedding and fusion width (configs/_base_/models/daformer_*_mitb5.py)
 
 
 @dataclass(frozen=True)
@@ -104,11 +110,20 @@ class SegFormer(SegModel):
     use_transformers_checkpointing = True
     _own_checkpointing = False
 
-    def __init__(self, config: SegformerConfig) -> None:
+    def __init__(self, config: SegformerConfig, decoder: str = "mlp") -> None:
+        """``decoder``: ``mlp`` (transformers' all-MLP head, width ``config.decoder_hidden_size``) or ``daformer``
+        (``DAFormerHead`` of that width, dropout ``config.classifier_dropout_prob``)."""
         super().__init__()
+        if decoder not in DECODERS:
+            raise ConfigError(f"model option decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         network = SegformerForSemanticSegmentation(config)
         self.segformer = network.segformer
-        self.decode_head = network.decode_head
+        self.decoder_kind = decoder
+        if decoder == "daformer":
+            self.decode_head: nn.Module = DAFormerHead(config.hidden_sizes, config.num_labels,
+                                                       config.decoder_hidden_size, config.classifier_dropout_prob)
+        else:
+            self.decode_head = network.decode_head
         self.hf_config = config
         for name, module in self.segformer.named_modules():
             if isinstance(module, nn.LayerNorm) and "patch_embeddings" not in name and ".attention." not in name:
@@ -126,7 +141,10 @@ class SegFormer(SegModel):
         return head.linear_projections if hasattr(head, "linear_projections") else head.linear_c
 
     def decode(self, stages: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Stage features -> decoder feature Bx D x H1 x W1 (H1, W1 = stage1 size); mirrors SegformerDecodeHead."""
+        """Stage features -> decoder feature Bx D x H1 x W1 (H1, W1 = stage1 size); mirrors SegformerDecodeHead
+        (``DAFormerHead.features`` with ``decoder: daformer``)."""
+        if self.decoder_kind == "daformer":
+            return self.decode_head.features(stages)
         size = stages[0].shape[-2:]
         projected = []
         for stage, projection in zip(stages, self._projections()):
@@ -178,6 +196,10 @@ class SegFormer(SegModel):
             hidden = self._stage_checkpointed(stage, hidden) if own else stage(hidden)
             outputs.append(hidden)
         return tuple(outputs)
+
+    def encoder_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``stage1..stage4`` of ``images`` without running the decoder (e.g. a frozen ImageNet encoder's)."""
+        return {f"stage{i + 1}": stage for i, stage in enumerate(self.encode(images))}
 
     def forward(self, images: torch.Tensor, return_features: bool = False) -> ModelOutput:
         stages = self.encode(images)
@@ -264,14 +286,19 @@ def convert_mit_checkpoint(state: Mapping[str, torch.Tensor], model: SegFormer) 
     ``decode_head.linear_c1``...; ``decode_head.conv_seg`` dropped), transformers 4.x (``segformer.encoder.*``,
     e.g. the hub's ``nvidia/mit-b0`` ``model.safetensors``; its ImageNet ``classifier.*`` is dropped) and the
     installed transformers' own naming. Keys that match none of these are kept unchanged so the loader reports them.
+    With ``decoder: daformer`` an mmseg DAFormer head (``decode_head.embed_layers...``, ``decode_head.fuse_layer...``)
+    keeps its names and its ``decode_head.conv_seg`` becomes ``decode_head.classifier``.
     """
     hf5 = hasattr(model.segformer, "stages")
+    daformer = getattr(model, "decoder_kind", "mlp") == "daformer"
     converted: CheckpointState = {}
     dropped: list[str] = []
     origin: dict[str, str] = {}
     for key, value in state.items():
         name = key[len("backbone.") :] if key.startswith("backbone.") else key
-        if name.startswith(("head.", "classifier.", "decode_head.conv_seg.")):
+        if daformer and name.startswith("decode_head.conv_seg."):
+            name = "decode_head.classifier." + name[len("decode_head.conv_seg.") :]
+        elif name.startswith(("head.", "classifier.", "decode_head.conv_seg.")):
             dropped.append(key)
             continue
         # Original names never collide with transformers names, so HF keys fall through unchanged.
@@ -299,18 +326,24 @@ def build_segformer(
     pretrained: str | None = None,
     drop_path: float = 0.1,
     dropout: float = 0.1,
+    decoder: str = "mlp",
 ) -> SegFormer:
     """SegFormer MiT-B0..B5 with the all-MLP decoder (tiny: depth 1 per stage, 8-128 channels).
 
     Options:
         drop_path: stochastic-depth rate of the encoder blocks, growing linearly to this value (0 = off)
         dropout: dropout rate before the classifier
+        decoder: ``mlp`` (SegFormer's all-MLP decoder) or ``daformer`` (DAFormer's context-aware fusion:
+            256-channel embeddings, depthwise-separable ASPP 1/6/12/18, 3x3 bottleneck; tiny: the variant's
+            decoder width; docs/daformer.md)
     """
     variant = arch.rsplit("_", 1)[1]
     _check_rate("drop_path", drop_path)
     _check_rate("dropout", dropout)
     chosen = TINY_MIT_SPECS[variant] if tiny else MIT_SPECS[variant]
-    model = SegFormer(segformer_config(chosen, num_classes, drop_path=drop_path, dropout=dropout))
+    if decoder == "daformer" and not tiny:
+        chosen = replace(chosen, decoder_dim=DAFORMER_CHANNELS)
+    model = SegFormer(segformer_config(chosen, num_classes, drop_path=drop_path, dropout=dropout), decoder)
     if pretrained is not None:
         filename = f"mit_{variant}.pth"
         load_pretrained(
