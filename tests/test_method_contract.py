@@ -47,7 +47,7 @@ def method_config(tmp_path: Path, name: str, extra: dict[str, Any] | None = None
     values.update(cls.toy_overrides)
     values.update(extra or {})
     cfg = load_config(ROOT / "experiments" / "toy" / "source_only.yaml", TINY, values)
-    _materialise_frozen(cfg.method, cfg)
+    _materialise_frozen(cfg, cfg)
     return cfg
 
 
@@ -102,8 +102,8 @@ METHOD_TERMS = [pytest.param(name, term, id=f"{name}-{term.name}")
 
 @pytest.mark.parametrize(("name", "term"), METHOD_TERMS)
 def test_each_loss_term_reaches_exactly_its_modules(tmp_path, accelerator, name, term):
-    on = method_config(tmp_path, name, {**term.context, f"method.{term.key}": term.on})
-    off = method_config(tmp_path, name, {**term.context, f"method.{term.key}": term.off})
+    on = method_config(tmp_path, name, {**term.context, term.config_key: term.on})
+    off = method_config(tmp_path, name, {**term.context, term.config_key: term.off})
     batches = _batches(on)
     grads_on, grads_off = _gradients(on, batches, accelerator), _gradients(off, batches, accelerator)
     for module in term.reaches:

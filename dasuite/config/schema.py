@@ -1,6 +1,7 @@
 """The typed experiment schema: every YAML experiment file is validated against ``ExperimentConfig``.
 
-Sections: ``data``, ``model``, ``method``, ``optim``, ``schedule``, ``train``, ``eval``, ``log``. Every section is
+Sections: ``data``, ``model``, ``method``, ``optim``, ``schedule``, ``train``, ``eval``, ``log``, and the optional
+``feature_distance`` (a labelled-source loss term shared by the methods). Every section is
 strict (an unknown key is an error); defaults live here so an experiment file only states what differs. The
 ``method`` section and the dataset entries are unions of the config classes in the ``METHODS`` and ``DATASETS``
 registries, so a new method or dataset module extends the schema by registering itself. ``docs/config.md`` is
@@ -17,6 +18,7 @@ from dasuite.data.augment import AugmentConfig
 from dasuite.data.fda import FDAConfig
 from dasuite.data.sampling import training_variants
 from dasuite.errors import ConfigError
+from dasuite.methods.feature_distance import FeatureDistanceConfig
 from dasuite.models.config import ModelConfig
 from dasuite.registry import DATASETS, METHODS
 from dasuite.schedule import ScheduleConfig
@@ -296,6 +298,9 @@ class ExperimentConfig(Section):
     """Evaluation settings."""
     log: LogConfig = Field(default_factory=LogConfig)
     """Logging settings."""
+    feature_distance: Optional[FeatureDistanceConfig] = None
+    """DAFormer's thing-class ImageNet feature distance on labelled source batches, for every method that computes
+    the shared source losses (docs/daformer.md); null = off."""
 
     @field_validator("name")
     @classmethod

@@ -7,7 +7,8 @@ Each step, with labelled ``source`` (s) and unlabelled ``target`` (t) batches an
 
 - ``P_l = softmax(upsample(logits_l, input crop size))``, bilinear, in float32: the maps are resized to the input
   size first and the softmax is taken there, as AdaptSegNet does (``interp`` then ``F.softmax``);
-- segmentation: ``loss_seg = CE(main_s, y_s)`` and, with ``aux``, ``loss_seg_aux = CE(aux_s, y_s)``;
+- segmentation: ``loss_seg = CE(main_s, y_s)`` and, with ``aux``, ``loss_seg_aux = CE(aux_s, y_s)`` (plus
+  ``loss_fd`` with the experiment's ``feature_distance``, ``dasuite.methods.feature_distance``);
 - adversarial (the segmenter's step): ``loss_adv_l = gan(D_l(P_l(t)), real)``, D's parameters detached, i.e.
   target predictions should look like source ("real") ones;
 - discriminators (their own step, inputs detached): ``loss_d_l = (gan(D_l(P_l(s)), real) + gan(D_l(P_l(t)),
@@ -40,7 +41,7 @@ from pydantic import Field, field_validator
 
 from dasuite.lazy import lazy_import
 from dasuite.methods.adversary import AdversaryOptimConfig
-from dasuite.methods.base import METHODS, Batch, LossTerm
+from dasuite.methods.base import FEATURE_DISTANCE_TERM, METHODS, Batch, LossTerm
 from dasuite.methods.multilevel import MULTI_LEVEL_TOY, Level, LevelWeights, MultiLevelMethod, check_levels
 from dasuite.methods.output_adversarial import OutputAdversary, output_probabilities
 from dasuite.schema_base import Section
@@ -105,6 +106,7 @@ class AdaptSegNet(MultiLevelMethod):
         LossTerm("adversarial", "adv_weight.main", on=1.0, reaches=("model",)),
         LossTerm("adversarial_aux", "adv_weight.aux", on=1.0, reaches=("model",), context=MULTI_LEVEL_TOY),
         LossTerm("seg_aux", "seg_weight_aux", on=1.0, reaches=("model",), context=MULTI_LEVEL_TOY),
+        FEATURE_DISTANCE_TERM,
     )
     toy_overrides = {"method.levels": ["main"], "method.ndf": 8}
     #: what the discriminators see of a level's logits (ADVENT overrides it)
@@ -126,10 +128,9 @@ class AdaptSegNet(MultiLevelMethod):
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         source, target = batches["source"], batches["target"]
         opts = self.options
-        src = self.predict(source["image"])
+        src, total, out = self.source_levels(source)
         with batchnorm_eval(self.model, opts.target_bn == "eval"):
             tgt = self.predict(target["image"])
-        total, out = self.source_loss(src, source["label"])
         weights = {lvl: getattr(opts.adv_weight, lvl) for lvl in self.levels}
         total, adv = self.adversary.add_losses(total, src, tgt, source["image"].shape[-2:], target["image"].shape[-2:],
                                                weights)

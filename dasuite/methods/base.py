@@ -5,6 +5,10 @@ discriminator), says which data domains it draws each step (``domains``), and re
 ``training_step``; the engine backpropagates ``losses["loss"]``, steps the optimizer and schedule, logs every
 entry, evaluates ``eval_model()`` and checkpoints ``state_dict()`` (extra state such as an EMA teacher).
 
+Methods with a labelled source compute its loss with ``source_losses`` (or ``source_forward`` + ``source_terms``)
+and set ``shared_source_losses``: the terms every such method shares (the cross-entropy and, when the experiment's
+``feature_distance`` section is on, DAFormer's ImageNet feature distance) are then added in one place.
+
 A method is one module: a config class (``name: Literal["<name>"]`` plus its keys) and the method class registered
 with ``@METHODS.register("<name>", config=TheConfig)``. The module must import without torch (heavy libraries
 through ``dasuite.lazy.lazy_import``), so config checks stay fast. ``loss_terms`` and ``toy_overrides`` declare
@@ -15,8 +19,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
+from dasuite.errors import ConfigError
+from dasuite.lazy import lazy_import
 from dasuite.registry import METHODS
 
 if TYPE_CHECKING:
@@ -25,8 +31,11 @@ if TYPE_CHECKING:
     from torch import nn
 
     from dasuite.config.schema import ExperimentConfig
+    from dasuite.methods.feature_distance import FeatureDistance
 
-__all__ = ["METHODS", "Batch", "LossTerm", "Method"]
+losses = lazy_import("dasuite.losses")
+
+__all__ = ["FEATURE_DISTANCE_TERM", "METHODS", "Batch", "LossTerm", "Method"]
 
 Batch = dict[str, Any]
 
@@ -36,7 +45,8 @@ class LossTerm:
     """A loss term that a config key switches on: ``method.<key>`` set to ``on`` enables it, ``off`` disables it.
     Its gradient must reach the parameters of the trainable modules named in ``reaches`` (keys of
     ``Method.trainable_modules()``) and no other's. ``context``: overrides the term needs besides the method's
-    ``toy_overrides`` (e.g. a multi-level model for an ``aux`` term)."""
+    ``toy_overrides`` (e.g. a multi-level model for an ``aux`` term). ``top_level``: ``key`` is a key of the
+    experiment itself (a shared section such as ``feature_distance``), not of ``method``."""
 
     name: str
     key: str
@@ -44,6 +54,21 @@ class LossTerm:
     off: Any = 0.0
     reaches: tuple[str, ...] = ("model",)
     context: dict[str, Any] = field(default_factory=dict)
+    top_level: bool = False
+
+    @property
+    def config_key(self) -> str:
+        """The dotted experiment key the term is switched with."""
+        return self.key if self.top_level else f"method.{self.key}"
+
+
+#: The shared feature-distance term of the contract test (``Method.loss_terms`` of the methods that set
+#: ``shared_source_losses``): weight 1, every feature pixel (the toy crops are too small for thing-class blocks),
+#: a random tiny frozen network the test creates.
+FEATURE_DISTANCE_TERM = LossTerm(
+    "feature_distance", "feature_distance", top_level=True, off=None,
+    on={"weight": 1.0, "classes": None, "network": {
+        "checkpoint": "{work_dir}/toy_frozen_fd_segformer_b0.safetensors", "arch": "segformer_b0", "tiny": True}})
 
 
 class Method(abc.ABC):
@@ -61,6 +86,11 @@ class Method(abc.ABC):
     #: config overrides (dotted key -> value) that turn the toy source-only experiment into a small run of this
     #: method; a frozen network it names by ``checkpoint`` is created by the contract test when absent.
     toy_overrides: ClassVar[dict[str, Any]] = {}
+    #: True when ``training_step`` computes the labelled-source loss with ``source_losses`` / ``source_terms``, so
+    #: the shared source terms (``feature_distance``) apply; an experiment that sets them for another method stops.
+    shared_source_losses: ClassVar[bool] = False
+    #: the shared feature-distance term of this run (``feature_distance`` section), None when off.
+    feature_distance: Optional["FeatureDistance"] = None
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         from dasuite.models import create_model
@@ -70,6 +100,15 @@ class Method(abc.ABC):
         self.model: nn.Module = create_model(
             cfg.model.arch, num_classes, tiny=cfg.model.tiny, pretrained=cfg.model.pretrained, **cfg.model.options
         )
+        fd = getattr(cfg, "feature_distance", None)
+        if fd is not None and fd.weight > 0:
+            if not self.shared_source_losses:
+                raise ConfigError(f"feature_distance: method {type(self).__name__} does not compute the shared "
+                                  f"labelled-source losses (Method.source_losses), so the term would be ignored: "
+                                  f"remove feature_distance or use a method that does (e.g. source_only)")
+            from dasuite.methods.feature_distance import FeatureDistance
+
+            self.feature_distance = FeatureDistance(fd, cfg, num_classes, self.model)
 
     def extra_modules(self) -> tuple[str, ...]:
         """Names of attributes holding extra trainable modules (e.g. KD projectors) that train with ``self.model``'s
@@ -85,6 +124,32 @@ class Method(abc.ABC):
     def setup(self, accelerator: "Accelerator") -> None:
         """Called once after the engine prepared ``self.model``: place frozen/extra modules on the device here."""
         self.accelerator = accelerator
+        if self.feature_distance is not None:
+            self.feature_distance.setup(accelerator)
+
+    def source_forward(self, images: "torch.Tensor",
+                       features: bool = False) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
+        """``(logits, named features)`` of the trained network on labelled images; the features are computed when
+        ``features`` is true or a shared source term needs them, else ``{}``."""
+        if features or self.feature_distance is not None:
+            return self.model(images, return_features=True)
+        return self.model(images), {}
+
+    def source_terms(self, batch: Batch, logits: "torch.Tensor",
+                     features: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+        """The labelled-source loss terms, each as it enters the loss (their sum is the source loss):
+        ``loss_seg = CE(logits, label)`` and, with ``feature_distance`` on, ``loss_fd = weight * FD``
+        (``dasuite.methods.feature_distance``); ``features`` from ``source_forward``."""
+        terms = {"loss_seg": losses.seg_loss(logits, batch["label"])}
+        if self.feature_distance is not None:
+            terms["loss_fd"] = self.feature_distance.loss(batch["image"], batch["label"], features)
+        return terms
+
+    def source_losses(self, batch: Batch) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
+        """``(logits, terms)`` of a labelled batch: ``source_forward`` then ``source_terms``; the source loss is
+        ``sum(terms.values())``, and each term is logged detached under its name."""
+        logits, features = self.source_forward(batch["image"])
+        return logits, self.source_terms(batch, logits, features)
 
     @abc.abstractmethod
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, "torch.Tensor"]:

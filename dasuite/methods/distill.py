@@ -1,7 +1,8 @@
 """``distill``: teacher -> student knowledge distillation on labelled ``source`` batches.
 
 Total loss = ``task_weight * CE`` + the sum of the configured terms, each ``weight * term`` and each logged as
-``loss_<term>`` (``loss_seg`` for CE; ``freq`` also logs its raw ``loss_freq_low``/``loss_freq_high``). Terms
+``loss_<term>`` (``loss_seg`` for CE; ``freq`` also logs its raw ``loss_freq_low``/``loss_freq_high``), plus
+``loss_fd`` with the experiment's ``feature_distance`` section (``Method.source_terms``). Terms
 (``dasuite.losses.kd`` / ``.frequency``): ``kl`` on logits, ``at``/``sp`` on feature pairs, ``cwd`` on a pair
 (default the logits), ``freq`` on one pair (default the decoder feature). A pair names a model feature
 (``stage1..4``, ``decoder``) or ``logits`` for each side; teacher tensors are resized (bilinear) to the student's
@@ -25,7 +26,7 @@ from dasuite.constants import IGNORE_INDEX
 from dasuite.errors import ConfigError, DasuiteError
 from dasuite.lazy import lazy_import
 from dasuite.losses.frequency import HighMode
-from dasuite.methods.base import METHODS, Batch, LossTerm, Method
+from dasuite.methods.base import FEATURE_DISTANCE_TERM, METHODS, Batch, LossTerm, Method
 from dasuite.models.frozen import FrozenModelConfig, build_frozen_model
 from dasuite.schema_base import Section
 
@@ -151,8 +152,10 @@ class Distill(Method):
         LossTerm("sp", "sp", on={"weight": 1.0}, off=None),
         LossTerm("cwd", "cwd", on={"weight": 3.0}, off=None),
         LossTerm("freq", "freq", on={"weight": 1.0}, off=None, reaches=("model", "projectors")),
+        FEATURE_DISTANCE_TERM,
     )
     toy_overrides = {"method.teacher": TOY_TEACHER}
+    shared_source_losses = True
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         super().__init__(cfg, num_classes)
@@ -190,9 +193,9 @@ class Distill(Method):
 
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         batch = batches["source"]
-        logits, features = self.model(batch["image"], return_features=True)
-        losses = {"loss_seg": segmentation.seg_loss(logits, batch["label"])}
-        total = self.options.task_weight * losses["loss_seg"]
+        logits, features = self.source_forward(batch["image"], features=True)
+        losses = self.source_terms(batch, logits, features)
+        total = self.options.task_weight * losses["loss_seg"] + sum(v for k, v in losses.items() if k != "loss_seg")
         if self.active:
             with torch.no_grad(), self.accelerator.autocast():
                 t_logits, t_features = self.teacher(batch["image"], return_features=True)

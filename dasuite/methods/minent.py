@@ -3,7 +3,8 @@
 Each step, with labelled ``source`` and unlabelled ``target`` batches and output levels ``l`` in ``levels``
 (``dasuite.methods.multilevel``):
 
-- source: ``loss_seg + seg_weight_aux * loss_seg_aux`` (cross-entropy per level);
+- source: ``loss_seg + seg_weight_aux * loss_seg_aux`` (cross-entropy per level; plus ``loss_fd`` with the
+  experiment's ``feature_distance``);
 - target: ``P_l = softmax(upsample(z_l(t), crop size))`` in float32 and ``loss_ent_l = entropy_loss(P_l)``, the
   mean normalised entropy ``-sum_k P_k log2 P_k / log2 K`` (``dasuite.losses.entropy``);
 - ``loss = loss_seg + seg_weight_aux * loss_seg_aux + sum_l entropy_weight_l * loss_ent_l``.
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, field_validator
 
 from dasuite.lazy import lazy_import
-from dasuite.methods.base import METHODS, Batch, LossTerm
+from dasuite.methods.base import FEATURE_DISTANCE_TERM, METHODS, Batch, LossTerm
 from dasuite.methods.multilevel import MULTI_LEVEL_TOY, Level, LevelWeights, MultiLevelMethod, check_levels
 from dasuite.methods.output_adversarial import output_probabilities
 from dasuite.schema_base import Section
@@ -59,12 +60,13 @@ class MinEnt(MultiLevelMethod):
         LossTerm("entropy", "entropy_weight.main", on=1.0),
         LossTerm("entropy_aux", "entropy_weight.aux", on=1.0, context=MULTI_LEVEL_TOY),
         LossTerm("seg_aux", "seg_weight_aux", on=1.0, context=MULTI_LEVEL_TOY),
+        FEATURE_DISTANCE_TERM,
     )
     toy_overrides = {"method.levels": ["main"]}
 
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         source, target = batches["source"], batches["target"]
-        total, out = self.source_loss(self.predict(source["image"]), source["label"])
+        _, total, out = self.source_levels(source)
         size = target["image"].shape[-2:]
         for level, logits in self.predict(target["image"]).items():
             loss_ent = entropy.entropy_loss(output_probabilities(logits, size))

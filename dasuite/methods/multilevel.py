@@ -3,7 +3,8 @@ work on several levels (``adaptsegnet``, ``advent``, ``minent``).
 
 ``main`` is the model's logits; ``aux`` the auxiliary (layer3) classifier's logits of a multi-level DeepLabV2, read
 from ``model(x, return_features=True)[1]["aux_logits"]``. On labelled source batches ``loss_seg = CE(main_s, y_s)``
-and, with ``aux``, ``loss_seg_aux = CE(aux_s, y_s)``; the total is ``loss_seg + seg_weight_aux * loss_seg_aux``
+(plus ``loss_fd`` with the experiment's ``feature_distance``: ``Method.source_terms``) and, with ``aux``,
+``loss_seg_aux = CE(aux_s, y_s)``; the total is ``loss_seg [+ loss_fd] + seg_weight_aux * loss_seg_aux``
 (AdaptSegNet and ADVENT: 0.1).
 """
 
@@ -15,7 +16,7 @@ from pydantic import Field
 
 from dasuite.errors import ConfigError
 from dasuite.lazy import lazy_import
-from dasuite.methods.base import Method
+from dasuite.methods.base import Batch, Method
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
@@ -50,7 +51,10 @@ def check_levels(levels: list[str]) -> list[str]:
 
 
 class MultiLevelMethod(Method):
-    """A method whose config has ``levels`` and ``seg_weight_aux``; ``predict`` returns the logits per level."""
+    """A method whose config has ``levels`` and ``seg_weight_aux``; ``predict`` returns the logits per level and
+    ``source_levels`` those of a labelled batch with its loss."""
+
+    shared_source_losses = True
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         super().__init__(cfg, num_classes)
@@ -69,13 +73,17 @@ class MultiLevelMethod(Method):
         logits, features = self.model(images, return_features=True)
         return {"main": logits, "aux": features["aux_logits"]}
 
-    def source_loss(self, logits: dict[str, "torch.Tensor"],
-                    labels: "torch.Tensor") -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
-        """``(loss_seg + seg_weight_aux * loss_seg_aux, logged terms)`` on a labelled batch's level logits."""
-        loss = losses.seg_loss(logits["main"], labels)
-        logged = {"loss_seg": loss.detach()}
+    def source_levels(self, batch: Batch) -> tuple[dict[str, "torch.Tensor"], "torch.Tensor",
+                                                   dict[str, "torch.Tensor"]]:
+        """``(logits per level, source loss, logged terms)`` of a labelled batch: ``Method.source_terms``
+        (``loss_seg``, ``loss_fd``) plus ``seg_weight_aux * loss_seg_aux`` with ``aux`` (logged unweighted)."""
+        logits, features = self.source_forward(batch["image"], features="aux" in self.levels)
+        terms = self.source_terms(batch, logits, features)
+        levels, total = {"main": logits}, sum(terms.values())
+        logged = {k: v.detach() for k, v in terms.items()}
         if "aux" in self.levels:
-            aux = losses.seg_loss(logits["aux"], labels)
-            loss = loss + self.cfg.method.seg_weight_aux * aux
+            levels["aux"] = features["aux_logits"]
+            aux = losses.seg_loss(levels["aux"], batch["label"])
+            total = total + self.cfg.method.seg_weight_aux * aux
             logged["loss_seg_aux"] = aux.detach()
-        return loss, logged
+        return levels, total, logged

@@ -1,17 +1,16 @@
-"""``source_only``: supervised training on labelled data (the source-only and the target-oracle baseline)."""
+"""``source_only``: supervised training on labelled data (the source-only and the target-oracle baseline).
+
+``loss = loss_seg`` (+ ``loss_fd`` with the experiment's ``feature_distance`` section: ``Method.source_losses``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from dasuite.lazy import lazy_import
-from dasuite.methods.base import METHODS, Batch, Method
+from dasuite.methods.base import FEATURE_DISTANCE_TERM, METHODS, Batch, Method
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
     import torch
-
-losses = lazy_import("dasuite.losses")
 
 
 class SourceOnlyConfig(Section):
@@ -26,8 +25,9 @@ class SourceOnly(Method):
     """Cross-entropy on labelled ``source`` batches. Pointing ``data.source`` at target labels gives the oracle."""
 
     domains = ("source",)
+    shared_source_losses = True
+    loss_terms = (FEATURE_DISTANCE_TERM,)
 
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
-        batch = batches["source"]
-        loss = losses.seg_loss(self.model(batch["image"]), batch["label"])
-        return {"loss": loss, "loss_seg": loss.detach()}
+        _, terms = self.source_losses(batches["source"])
+        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
