@@ -4,7 +4,9 @@
 padding when the rescaled image is smaller than the crop) and horizontal flip in a single resampling: image
 bilinear, label nearest. The ignore value survives: labels are warped as ``label + 1`` with zero padding, so every
 padded pixel comes back as ``-1`` and is set to 255 (Kornia pads with 0, which is a real class). Optional
-photometric jitter follows torchvision's ``ColorJitter`` factors, per sample.
+photometric jitter follows torchvision's ``ColorJitter`` factors, per sample. The geometry is three functions
+(``crop_matrix``, ``warp_images``, ``warp_labels``) that ``data.training`` also uses when a role's crop must be
+drawn in the loader (rare-class crop re-draws).
 
 ``strong`` = ``weak`` + an image-only photometric part (``StrongConfig``): an AutoAugment (ImageNet policy) or
 RandAugment policy restricted to its photometric operations (rotate / shear / translate are dropped, since they
@@ -42,7 +44,8 @@ kornia_filters = lazy_import("kornia.filters")
 kornia_transform = lazy_import("kornia.geometry.transform")
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "ColorJitterConfig", "DeviceAugment", "StrongConfig",
-           "denormalize", "denormalize_float", "normalize", "photometric_policy"]
+           "crop_matrix", "denormalize", "denormalize_float", "normalize", "photometric_policy", "warp_images",
+           "warp_labels"]
 #: Operations of Kornia's policies that move pixels; dropped because the policy only sees the image.
 GEOMETRIC_POLICY_OPS = frozenset({"rotate", "shear_x", "shear_y", "translate_x", "translate_y"})
 
@@ -211,6 +214,41 @@ def _to_normalized(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def crop_matrix(s: torch.Tensor, flip: torch.Tensor, u: torch.Tensor, size: tuple[int, int],
+                crop: tuple[int, int]) -> torch.Tensor:
+    """Bx2x3 affine maps (source pixel -> crop pixel) of the ``weak`` geometry: scale ``s`` (B,), ``flip`` (B,) bool,
+    ``u`` (B, 2) uniform draws placing the crop (width, height) in the rescaled image of ``size`` (H, W): offsets
+    ``ox = round(u0 max(W s - cw, 0))`` (0 = pad right/bottom when it is smaller than the crop), ``oy`` alike.
+    Pixel-centre mapping: ``x' = s (x + 0.5) - 0.5 - ox``, mirrored as ``cw - 1 - x'`` when flipped; y without
+    the mirror."""
+    (h, w), (cw, ch) = size, crop
+    ox = (u[:, 0] * (w * s - cw).clamp(min=0)).round()
+    oy = (u[:, 1] * (h * s - ch).clamp(min=0)).round()
+    tx = 0.5 * s - 0.5 - ox
+    sign = 1.0 - 2.0 * flip.float()
+    matrix = torch.zeros(len(s), 2, 3, device=s.device)
+    matrix[:, 0, 0] = sign * s
+    matrix[:, 0, 2] = torch.where(flip, cw - 1 - tx, tx)
+    matrix[:, 1, 1] = s
+    matrix[:, 1, 2] = 0.5 * s - 0.5 - oy
+    return matrix
+
+
+def warp_images(x: torch.Tensor, matrix: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
+    """Float Bx3xHxW images -> Bx3xchxcw through ``crop_matrix`` maps: bilinear, zero padding."""
+    return kornia_transform.warp_affine(x, matrix, (crop[1], crop[0]), mode="bilinear", padding_mode="zeros",
+                                        align_corners=True)
+
+
+def warp_labels(labels: torch.Tensor, matrix: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
+    """int BxHxW labels -> int64 Bxchxcw: nearest, padding 255 (warped as ``label + 1`` with zero padding)."""
+    shifted = (labels.long().unsqueeze(1) + 1).float()  # 0 now means "outside the image"
+    warped = kornia_transform.warp_affine(shifted, matrix, (crop[1], crop[0]), mode="nearest", padding_mode="zeros",
+                                          align_corners=True)
+    warped = warped.squeeze(1).round().long() - 1
+    return torch.where(warped < 0, torch.full_like(warped, IGNORE_INDEX), warped)
+
+
 class DeviceAugment:
     """Batched random augmentation built once from an ``AugmentConfig``; see the module docstring."""
 
@@ -278,31 +316,15 @@ class DeviceAugment:
     def _geometric(
         self, x: torch.Tensor, labels: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Per sample: scale s, crop offset (ox, oy) in the rescaled image (0 = pad right/bottom when it is
-        smaller than the crop), flip. Pixel-centre mapping src -> dst: ``x' = s (x + 0.5) - 0.5 - ox``,
-        mirrored as ``cw - 1 - x'`` when flipped; same for y without the mirror."""
+        """Per sample: scale s, flip, crop offsets (``crop_matrix``), one warp of images and labels."""
         b, _, h, w = x.shape
-        cw, ch = self.cfg.crop or (w, h)
+        crop = self.cfg.crop or (w, h)
         dev = x.device
         s = _uniform(*self.cfg.scale, b, dev)
         flip = torch.rand(b, device=dev) < self.cfg.hflip
         u = torch.rand(b, 2, device=dev)
-        ox = (u[:, 0] * (w * s - cw).clamp(min=0)).round()
-        oy = (u[:, 1] * (h * s - ch).clamp(min=0)).round()
-        tx = 0.5 * s - 0.5 - ox
-        sign = 1.0 - 2.0 * flip.float()
-        matrix = torch.zeros(b, 2, 3, device=dev)
-        matrix[:, 0, 0] = sign * s
-        matrix[:, 0, 2] = torch.where(flip, cw - 1 - tx, tx)
-        matrix[:, 1, 1] = s
-        matrix[:, 1, 2] = 0.5 * s - 0.5 - oy
-        out = kornia_transform.warp_affine(x, matrix, (ch, cw), mode="bilinear", padding_mode="zeros", align_corners=True)
-        if labels is None:
-            return out, None
-        shifted = (labels.unsqueeze(1) + 1).float()  # 0 now means "outside the image"
-        warped = kornia_transform.warp_affine(shifted, matrix, (ch, cw), mode="nearest", padding_mode="zeros", align_corners=True)
-        warped = warped.squeeze(1).round().long() - 1
-        return out, torch.where(warped < 0, torch.full_like(warped, IGNORE_INDEX), warped)
+        matrix = crop_matrix(s, flip, u, (h, w), crop)
+        return warp_images(x, matrix, crop), None if labels is None else warp_labels(labels, matrix, crop)
 
     @staticmethod
     def _jitter(x: torch.Tensor, cj: ColorJitterConfig) -> torch.Tensor:

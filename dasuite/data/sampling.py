@@ -13,7 +13,9 @@ Subsets (``subset:`` on a training entry) pick a fixed list of images once, befo
 
 Rare-class sampling (DAFormer, Hoyer et al. CVPR'22): class frequencies ``f_c`` = pixels of c / labelled pixels,
 ``P(c) = softmax((1 - f_c) / T)`` over the classes that have at least one image with more than ``min_pixels``
-pixels of them; each draw picks a class c ~ P, then uniformly one of those images.
+pixels of them; each draw picks a class c ~ P, then uniformly one of those images. Its crop re-draw rules
+(``min_crop_ratio``, ``cat_max_ratio``) need the drawn class where the crop is drawn, so the sampler then yields
+``(index, class, seed, position)`` and ``training.TrainingData`` crops in the loader.
 
 Sampling streams are *position addressable*: the index at global stream position p is a pure function of (seed,
 p), computed in chunks of ``CHUNK`` positions from ``numpy.random.default_rng([seed, stream, ...])``. So a stream
@@ -36,7 +38,7 @@ from dasuite.errors import DasuiteError
 from dasuite.schema_base import Section
 
 CHUNK = 4096  # stream positions generated per RNG call
-_MIX, _SHUFFLE, _RCS, _RANDOM_SUBSET, _BALANCED_SUBSET = range(5)  # stream tags in the RNG seed sequences
+_MIX, _SHUFFLE, _RCS, _RANDOM_SUBSET, _BALANCED_SUBSET, CROP_STREAM = range(6)  # tags in the RNG seed sequences
 
 
 class SubsetConfig(Section):
@@ -71,12 +73,28 @@ class SubsetConfig(Section):
 
 class RareClassConfig(Section):
     """DAFormer's rare-class sampling: each draw picks a class c with probability ``softmax((1 - f_c) / T)``
-    (``f_c``: the class's pixel frequency), then uniformly one of the images holding more than ``min_pixels`` of it."""
+    (``f_c``: the class's pixel frequency), then uniformly one of the images holding more than ``min_pixels`` of it.
+    With ``min_crop_ratio`` or ``cat_max_ratio`` set, the role's random crop is drawn in the loader, re-drawn by
+    DAFormer's rules (``dasuite.data.training``)."""
 
     temperature: float = Field(0.01, gt=0)
     """Temperature T of ``P(c) = softmax((1 - f_c) / T)``; smaller favours rare classes more."""
     min_pixels: int = Field(3000, ge=0)
     """An image is drawn for class c only if it holds more than this many pixels of c (at decode resolution)."""
+    min_crop_ratio: float = Field(0.0, ge=0)
+    """Re-draw the crop (up to ``max_redraws`` times) until it holds more than ``min_pixels * min_crop_ratio``
+    pixels of the sampled class (DAFormer 0.5, HRDA 2.0); 0 = off (one crop, drawn on the device)."""
+    max_redraws: int = Field(10, ge=0)
+    """Re-draws after the first crop for ``min_crop_ratio`` and ``cat_max_ratio`` (DAFormer: 10; the last crop is
+    kept when none qualifies)."""
+    cat_max_ratio: float = Field(1.0, gt=0, le=1)
+    """DAFormer's source-crop rule (mmseg ``RandomCrop``): re-draw a crop whose labelled pixels hold one class only
+    or one class at a share >= this (DAFormer 0.75), up to ``max_redraws`` times; 1 = off."""
+
+    @property
+    def redraws_crops(self) -> bool:
+        """Whether a crop rule is on (the crop is then drawn in the loader)."""
+        return self.min_crop_ratio > 0 or self.cat_max_ratio < 1
 
 
 class TrainingOptions(Section):
@@ -203,9 +221,12 @@ def rcs_class_probs(pixels: np.ndarray, temperature: float, min_pixels: int) -> 
 
 # -------------------------------------------------------------------------------------------------- streams
 class IndexStream(Protocol):
-    """Per-dataset draws: ``take(draws)`` maps this dataset's draw numbers 0, 1, 2, ... to its item indices."""
+    """Per-dataset draws: ``draw(draws)`` maps this dataset's draw numbers 0, 1, 2, ... to its item indices and the
+    class each draw sampled (-1: none); ``take`` to the indices alone."""
 
     size: int
+
+    def draw(self, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
     def take(self, draws: np.ndarray) -> np.ndarray: ...
 
@@ -218,6 +239,9 @@ class ShuffledStream:
 
     def __init__(self, size: int, seed: int, member: int) -> None:
         self.size, self.seed, self.member = size, seed, member
+
+    def draw(self, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.take(draws), np.full(len(draws), -1, np.int64)
 
     def take(self, draws: np.ndarray) -> np.ndarray:
         out = np.empty(len(draws), np.int64)
@@ -242,8 +266,8 @@ class RareClassStream:
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
         self.flat = np.concatenate(candidates).astype(np.int64)
 
-    def take(self, draws: np.ndarray) -> np.ndarray:
-        out = np.empty(len(draws), np.int64)
+    def draw(self, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out, drawn = np.empty(len(draws), np.int64), np.empty(len(draws), np.int64)
         chunks = draws // CHUNK
         for chunk in np.unique(chunks):
             sel = chunks == chunk
@@ -253,7 +277,11 @@ class RareClassStream:
             at = draws[sel] % CHUNK
             c = classes[at]
             out[sel] = self.flat[self.starts[c] + (u[at] * self.counts[c]).astype(np.int64)]
-        return out
+            drawn[sel] = c
+        return out, drawn
+
+    def take(self, draws: np.ndarray) -> np.ndarray:
+        return self.draw(draws)[0]
 
     def signature(self) -> list:
         return ["rcs", self.size, [round(float(p), 12) for p in self.probs]]
@@ -262,10 +290,12 @@ class RareClassStream:
 class MixSampler:
     """Infinite per-rank stream over concatenated datasets: global position p picks dataset m with probability
     ``weights[m]`` (chunk k = p // CHUNK from ``default_rng([seed, 0, k])``), then dataset m's next draw from its
-    ``IndexStream``; it yields ``offsets[m] + index``. Same state protocol as ``InfiniteSampler``."""
+    ``IndexStream``; it yields ``offsets[m] + index``, or with ``describe`` the tuple ``(offsets[m] + index, class
+    sampled or -1, seed, p)`` (what a loader-side crop needs: ``TrainingData``). Same state protocol as
+    ``InfiniteSampler``."""
 
     def __init__(self, streams: Sequence[IndexStream], weights: Sequence[float], seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, describe: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         if len(streams) != len(weights) or not streams:
@@ -273,7 +303,7 @@ class MixSampler:
         w = np.asarray(weights, np.float64)
         self.streams, self.weights = list(streams), w / w.sum()
         self.offsets = np.concatenate([[0], np.cumsum([s.size for s in streams])[:-1]]).astype(np.int64)
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed, self.rank, self.world_size, self.describe = seed, rank, world_size, describe
         self.position = 0
 
     def _members(self, chunk: int) -> np.ndarray:
@@ -281,24 +311,32 @@ class MixSampler:
             return np.zeros(CHUNK, np.int64)
         return np.random.default_rng([self.seed, _MIX, chunk]).choice(len(self.streams), CHUNK, p=self.weights)
 
-    def _chunk(self, chunk: int, drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global indices of the chunk's positions, given the draws each dataset made before it; updated draws."""
+    def _chunk(self, chunk: int, drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Global indices and sampled classes of the chunk's positions, given the draws each dataset made before
+        it; updated draws."""
         members = self._members(chunk)
-        out = np.empty(CHUNK, np.int64)
+        out, classes = np.empty(CHUNK, np.int64), np.empty(CHUNK, np.int64)
         for m, stream in enumerate(self.streams):
             sel = members == m
             draws = drawn[m] + np.arange(int(sel.sum()))
-            out[sel] = self.offsets[m] + stream.take(draws)
-        return out, drawn + np.bincount(members, minlength=len(self.streams))
+            index, classes[sel] = stream.draw(draws)
+            out[sel] = self.offsets[m] + index
+        return out, classes, drawn + np.bincount(members, minlength=len(self.streams))
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
         ws, nxt = self.world_size, self.position * self.world_size + self.rank  # next global position of this rank
         chunk = nxt // CHUNK
         drawn = sum((np.bincount(self._members(k), minlength=len(self.streams)) for k in range(chunk)),
                     np.zeros(len(self.streams), np.int64))
         while True:
-            out, drawn = self._chunk(chunk, drawn)
-            yield from out[nxt - chunk * CHUNK :: ws].tolist()
+            out, classes, drawn = self._chunk(chunk, drawn)
+            at = slice(nxt - chunk * CHUNK, None, ws)
+            if self.describe:
+                positions = np.arange(chunk * CHUNK, (chunk + 1) * CHUNK)[at]
+                yield from ((i, c, self.seed, p) for i, c, p in
+                            zip(out[at].tolist(), classes[at].tolist(), positions.tolist()))
+            else:
+                yield from out[at].tolist()
             chunk += 1
             nxt += ws * max(0, -(-(chunk * CHUNK - nxt) // ws))  # first position of this rank in the next chunk
 

@@ -7,6 +7,19 @@ concatenation (``InfiniteSampler``: every image once per epoch, so a mix samples
 or ``equal`` weights, or any RCS member, use ``MixSampler`` (per batch element: dataset by weight, then that
 dataset's own shuffled or rare-class stream). Items of a mix are stacked into one batch, so all members must
 decode at one size, carry labels alike and share one class table; the role's ``augment`` applies to the batch.
+
+Crop re-draws (DAFormer's rules, ``rcs.min_crop_ratio`` / ``rcs.cat_max_ratio``). The random crop normally happens
+on the device (``DeviceAugment``: rescale, crop and flip in one warp), which sees images and labels but not the
+class the sampler drew. So a role with a crop rule on any entry draws its geometry here, per item in the loader
+workers, with the same functions (``augment.crop_matrix``, ``warp_labels``, ``warp_images``), and hands the engine
+its ``augment`` without the geometric part (colour jitter and the strong part stay on the device). A candidate
+is one draw of (scale, flip, crop offsets) from ``numpy.random.default_rng([seed, 5, p])`` (p: the item's global
+stream position, so resume and several processes stay exact). ``cat_max_ratio`` < 1 (mmseg's ``RandomCrop``):
+a candidate whose labelled pixels hold one class, or one class at a share >= the ratio, is re-drawn, at most
+``max_redraws`` times. ``min_crop_ratio`` > 0 (DAFormer's ``get_rare_class_sample``): the crop that rule gives is
+drawn again, rule included, until it holds more than ``min_pixels * min_crop_ratio`` pixels of the sampled class,
+at most ``max_redraws`` times. Either way the last candidate is kept when none qualifies. Images come out as float
+0..255 at the crop size, labels with 255 where the crop leaves the image.
 """
 
 from __future__ import annotations
@@ -15,18 +28,22 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
+from dasuite.constants import IGNORE_INDEX
 from dasuite.data import build_dataset
-from dasuite.data.augment import AugmentConfig
+from dasuite.data.augment import AugmentConfig, crop_matrix, warp_images, warp_labels
 from dasuite.data.base import DatasetConfig, SegDataset
 from dasuite.data.class_stats import ClassStats, class_stats
 from dasuite.data.loaders import InfiniteLoader, InfiniteSampler
 from dasuite.data.sampling import (
+    CROP_STREAM,
     MixSampler,
+    RareClassConfig,
     RareClassStream,
     ShuffledStream,
     format_subset_list,
@@ -36,6 +53,64 @@ from dasuite.data.sampling import (
 from dasuite.errors import DasuiteError
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CropRule:
+    """An entry's crop re-draw rules (module docstring): ``class_pixels`` = ``min_pixels * min_crop_ratio`` (0 =
+    off), ``cat_max_ratio`` (1 = off), ``max_redraws``."""
+
+    class_pixels: float
+    cat_max_ratio: float
+    max_redraws: int
+
+    @classmethod
+    def from_config(cls, rcs: Optional[RareClassConfig]) -> Optional["CropRule"]:
+        if rcs is None or not rcs.redraws_crops:
+            return None
+        return cls(rcs.min_pixels * rcs.min_crop_ratio, rcs.cat_max_ratio, rcs.max_redraws)
+
+    def balanced(self, label: torch.Tensor, num_classes: int) -> bool:
+        """mmseg's ``cat_max_ratio`` test: more than one class among the labelled pixels, none at a share >= it."""
+        counts = torch.bincount(label[label != IGNORE_INDEX].flatten(), minlength=num_classes)
+        return bool((counts > 0).sum() > 1 and counts.max() < self.cat_max_ratio * counts.sum())
+
+    def holds(self, label: torch.Tensor, cls: int) -> bool:
+        """DAFormer's re-draw test: more than ``class_pixels`` pixels of class ``cls``."""
+        return bool((label == cls).sum() > self.class_pixels)
+
+
+def redrawn_crop(label: torch.Tensor, cls: int, rule: Optional[CropRule], augment: AugmentConfig,
+                 rng: np.random.Generator, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1x2x3 ``crop_matrix`` and the HxW crop of ``label`` (int HxW) chosen by ``rule`` (module docstring) for
+    sampled class ``cls`` (-1: none); candidates drawn from ``rng`` as ``DeviceAugment`` draws them."""
+    size = tuple(label.shape[-2:])
+    crop = tuple(augment.crop or (size[1], size[0]))
+
+    def candidate() -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.tensor([rng.uniform(*augment.scale)], dtype=torch.float32)
+        flip = torch.tensor([rng.random() < augment.hflip])
+        u = torch.tensor(rng.random((1, 2)), dtype=torch.float32)
+        matrix = crop_matrix(s, flip, u, size, crop)
+        return matrix, warp_labels(label[None], matrix, crop)[0]
+
+    if rule is None:
+        return candidate()
+    cat_tries = rule.max_redraws + 1 if rule.cat_max_ratio < 1 else 1
+    class_tries = rule.max_redraws + 1 if rule.class_pixels > 0 and cls >= 0 else 1
+    return _first_accepted(lambda: _first_accepted(candidate, lambda c: rule.balanced(c, num_classes), cat_tries),
+                           lambda c: rule.holds(c, cls), class_tries)
+
+
+def _first_accepted(draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], accept: Callable[[torch.Tensor], bool],
+                    tries: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``draw()`` until its crop is ``accept``ed, at most ``tries`` draws; the last one when none is."""
+    matrix, cropped = draw()
+    for _ in range(tries - 1):
+        if accept(cropped):
+            break
+        matrix, cropped = draw()
+    return matrix, cropped
 
 
 @dataclass
@@ -49,6 +124,7 @@ class Member:
     indices: Optional[np.ndarray] = None
     rcs: Optional[tuple[np.ndarray, list[np.ndarray]]] = None
     files: Optional[dict[str, str]] = None
+    crop_rule: Optional[CropRule] = None
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.dataset)
@@ -59,12 +135,20 @@ class Member:
 
 class TrainingData(Dataset):
     """Concatenated members of one training role (module docstring); ``weights`` None = epoch-shuffled
-    concatenation, else per-member sampling weights (summing to 1)."""
+    concatenation, else per-member sampling weights (summing to 1). ``augment`` is what the engine applies on the
+    device; with a crop rule, ``crop_augment`` holds the role's own config, whose geometry runs here."""
 
     def __init__(self, role: str, members: list[Member], weights: Optional[np.ndarray], augment: AugmentConfig) -> None:
-        self.role, self.members, self.weights, self.augment = role, members, weights, augment
+        self.role, self.members, self.weights = role, members, weights
         self.ends = np.cumsum([len(m) for m in members])
         self.classes = members[0].dataset.classes
+        ruled = [m.path for m in members if m.crop_rule is not None]
+        if ruled and not augment.enabled:
+            raise DasuiteError(f"data.{ruled[0]}.rcs re-draws crops (min_crop_ratio / cat_max_ratio), but "
+                               f"data.{role}.augment.enabled is false: there is no random crop to re-draw")
+        self.crop_augment = augment if ruled else None
+        self.augment = augment.model_copy(update={"scale": (1.0, 1.0), "crop": None, "hflip": 0.0}) if ruled \
+            else augment
 
     @property
     def num_classes(self) -> int:
@@ -73,9 +157,23 @@ class TrainingData(Dataset):
     def __len__(self) -> int:
         return int(self.ends[-1])
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: Union[int, tuple[int, int, int, int]]) -> dict:
+        """An item by index, decoded; with a crop rule the sampler gives ``(index, class, seed, position)`` and
+        the item comes back cropped (module docstring)."""
+        draw = None
+        if isinstance(index, tuple):
+            index, *draw = index
         m = int(np.searchsorted(self.ends, index, side="right"))
-        return self.members[m][index - (int(self.ends[m - 1]) if m else 0)]
+        item = self.members[m][index - (int(self.ends[m - 1]) if m else 0)]
+        if self.crop_augment is None or draw is None:
+            return item
+        cls, seed, position = draw
+        rng = np.random.default_rng([seed, CROP_STREAM, position])
+        label = torch.as_tensor(item["label"])
+        matrix, cropped = redrawn_crop(label, cls, self.members[m].crop_rule, self.crop_augment, rng,
+                                       self.num_classes)
+        image = warp_images(torch.as_tensor(item["image"])[None].float(), matrix, tuple(cropped.shape[::-1]))[0]
+        return {**item, "image": image, "label": cropped}
 
     def sampler(self, seed: int, rank: int = 0, world_size: int = 1) -> Union[InfiniteSampler, MixSampler]:
         """The infinite training index stream of process ``rank`` of ``world_size``."""
@@ -84,7 +182,7 @@ class TrainingData(Dataset):
         streams = [RareClassStream(*m.rcs, len(m), seed, i) if m.rcs else ShuffledStream(len(m), seed, i)
                    for i, m in enumerate(self.members)]
         weights = self.weights if self.weights is not None else [len(m) for m in self.members]
-        return MixSampler(streams, weights, seed, rank, world_size)
+        return MixSampler(streams, weights, seed, rank, world_size, describe=self.crop_augment is not None)
 
     def loader(self, batch_size: int, num_workers: int, seed: int, rank: int = 0,
                world_size: int = 1) -> InfiniteLoader:
@@ -120,6 +218,7 @@ def _member(path: str, entry: DatasetConfig, default_resize: Optional[tuple[int,
             raise DasuiteError(f"data.{path}.rcs needs labels, but {entry.name} (split {entry.split}) has none")
         probs, candidates = rcs_class_probs(pixels, rcs.temperature, rcs.min_pixels)
         member.rcs = (probs, candidates)
+        member.crop_rule = CropRule.from_config(rcs)
         member.files[f"rcs/{path}.json"] = _rcs_report(path, dataset, pixels, probs, candidates, rcs)
     return member
 
@@ -144,7 +243,9 @@ def _rcs_report(path: str, dataset: SegDataset, pixels: np.ndarray, probs: np.nd
                 ", ".join(f"{names[c]} {probs[c]:.3f}" for c in order if probs[c] > 0))
     rows = [{"class": names[c], "id": int(c), "frequency": float(freq[c]), "probability": float(probs[c]),
              "candidates": len(candidates[c])} for c in order]
-    return json.dumps({"temperature": rcs.temperature, "min_pixels": rcs.min_pixels, "classes": rows}, indent=1)
+    return json.dumps({"temperature": rcs.temperature, "min_pixels": rcs.min_pixels,
+                       "min_crop_ratio": rcs.min_crop_ratio, "cat_max_ratio": rcs.cat_max_ratio,
+                       "max_redraws": rcs.max_redraws, "classes": rows}, indent=1)
 
 
 def _check_mix(members: list[Member]) -> None:
