@@ -13,18 +13,28 @@ Each step, with labelled ``source`` and unlabelled ``target`` batches (both alre
    source pixels and on target pixels ``w_p = [c_p >= threshold]`` (``confidence: ignore``), ``q`` (``weight``:
    DACS's scalar, the fraction of the batch's target pixels with ``c >= threshold``), or ``q [c_p >= threshold]``
    (``both``); pixels labelled 255 count 0. Dividing by all pixels (not the kept ones) follows DACS and UniMatch.
-   ``loss = loss_seg + unlabelled_weight * loss_unlabelled``;
+   ``pseudo_ignore: {top, bottom}`` (DAFormer's pseudo-label crop) sets the target weights of the crop's first
+   ``top`` and last ``bottom`` rows to 0 (rectification border, ego-car hood) before mixing, so pasted source
+   pixels there keep weight 1; ``q`` still counts all target pixels. ``loss = loss_seg + unlabelled_weight *
+   loss_unlabelled``;
 5. optional ``adversarial:`` block (one segmenter trained with the source segmentation loss, an adversarial loss
    on its predictions and the CutMix / FixMatch consistency loss):
    AdaptSegNet's single-level output-space term on the student's predictions of the weak target images (one more
    student forward, after the mixing draws) with the source logits of step 4 as D's "real" maps, adding
-   ``weight * loss_adv_main + loss_d_main`` (``dasuite.methods.output_adversarial``); D steps in ``on_step_end``.
+   ``weight * loss_adv_main + loss_d_main`` (``dasuite.methods.output_adversarial``); D steps in ``on_step_end``;
+6. optional ``masking:`` block, MIC (Hoyer et al. CVPR'23, masked image consistency, MIC's "separatetrgaug"): the
+   weak target images get their own draw of ``strong`` (``augment: true``), then a random block mask
+   (``dasuite.data.masking``); the student's prediction of the masked images is trained against the target's
+   pseudo-labels ``y`` and weights ``w`` of step 4 (before mixing, ``pseudo_ignore`` included, as in MIC's code;
+   no second teacher forward): ``loss += masking.weight * loss_masked``, ``loss_masked = weighted_ce``. Its draws
+   come after all others, so a run without the block is unchanged.
 
 After every optimizer step the teacher moves towards the student (``on_step_end``). Logged besides the losses:
 ``pseudo_confidence`` (mean ``c``), ``pseudo_kept`` (fraction ``c >= threshold``), ``ema_momentum``; with
-``adversarial``: ``loss_adv_main``, ``loss_d_main``, ``d_main_source``, ``d_main_target``, ``lr_d_main``.
-Evaluation uses the student unless ``eval_teacher: true`` (DAFormer evaluates the student). The teacher's weights
-and update count (and the discriminator, its Adam and schedule) are in ``state_dict``; mixing draws from torch's global RNG, which the engine checkpoints.
+``adversarial``: ``loss_adv_main``, ``loss_d_main``, ``d_main_source``, ``d_main_target``, ``lr_d_main``; with
+``masking``: ``loss_masked``. Evaluation uses the student unless ``eval_teacher: true`` (DAFormer evaluates the
+student). The teacher's weights and update count (and the discriminator, its Adam and schedule) are in
+``state_dict``; mixing, masking and augmentation draw from torch's global RNG, which the engine checkpoints.
 See docs/self_training.md.
 """
 
@@ -51,6 +61,7 @@ if TYPE_CHECKING:
 
 torch = lazy_import("torch")
 F = lazy_import("torch.nn.functional")
+data_masking = lazy_import("dasuite.data.masking")
 data_mix = lazy_import("dasuite.data.mix")
 ema = lazy_import("dasuite.models.ema")
 segmentation = lazy_import("dasuite.losses.segmentation")
@@ -79,6 +90,31 @@ class CutMixConfig(Section):
         if not 0 < v[0] <= v[1]:
             raise ValueError(f"expected [min, max] with 0 < min <= max, got {list(v)}")
         return v
+
+
+class MaskingConfig(Section):
+    """MIC's masked image consistency (Hoyer et al. CVPR'23; github.com/lhoyer/MIC defaults: weight 1, 64-pixel
+    blocks, ratio 0.7, colour-augmented target images)."""
+
+    weight: float = Field(1.0, ge=0)
+    """Weight lambda_MIC of ``loss_masked`` in the total loss (MIC: 1)."""
+    patch: int = Field(64, gt=0)
+    """Side of the square mask blocks in pixels of the crop (MIC: 64 for 512 / 1024 crops)."""
+    ratio: float = Field(0.7, ge=0, le=1)
+    """Expected fraction of blocks masked: a block is kept where its uniform draw exceeds it (MIC: 0.7)."""
+    augment: bool = True
+    """Apply ``strong`` (a separate draw from the mixed image's) to the target images before masking (MIC's
+    ``separatetrgaug``); false = mask the weak target images (``separatetrg``)."""
+
+
+class PseudoIgnoreConfig(Section):
+    """DAFormer's pseudo-label crop: target pixel weights 0 in the first ``top`` and last ``bottom`` rows of the
+    target crop (DAFormer / MIC on 512x512 crops of 1024x512 Cityscapes: 15 and 120)."""
+
+    top: int = Field(0, ge=0)
+    """Rows at the top of the target crop whose pseudo-label weight is 0 (DAFormer: 15, the rectification border)."""
+    bottom: int = Field(0, ge=0)
+    """Rows at the bottom of the target crop whose pseudo-label weight is 0 (DAFormer: 120, the ego-car hood)."""
 
 
 class MeanTeacherConfig(Section):
@@ -110,6 +146,11 @@ class MeanTeacherConfig(Section):
     """Evaluate (and keep as best) the EMA teacher instead of the student."""
     adversarial: Optional[OutputAdversarialConfig] = None
     """AdaptSegNet's single-level output-space adversarial term on the student's target predictions; null = off."""
+    masking: Optional[MaskingConfig] = None
+    """MIC's masked image consistency on the target images (``{weight: 1.0, patch: 64, ratio: 0.7, augment: true}``);
+    null = off."""
+    pseudo_ignore: Optional[PseudoIgnoreConfig] = None
+    """DAFormer's pseudo-label crop ``{top: 15, bottom: 120}``: zero target weights in those rows; null = none."""
 
 
 def confidence_weights(confidence: torch.Tensor, threshold: float, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,6 +163,13 @@ def confidence_weights(confidence: torch.Tensor, threshold: float, mode: str) ->
     if mode == "weight":
         return q.expand_as(confidence), q
     return kept.float() * q, q
+
+
+def ignore_rows(weights: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+    """BxHxW ``weights`` with rows ``[0, top)`` and ``[H - bottom, H)`` set to 0 (a new tensor; no host sync)."""
+    rows = torch.arange(weights.shape[-2], device=weights.device)
+    keep = (rows >= top) & (rows < weights.shape[-2] - bottom)
+    return weights * keep.view(-1, 1).to(weights.dtype)
 
 
 def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -139,8 +187,11 @@ class MeanTeacher(Method):
     loss_terms = (
         LossTerm("unlabelled", "unlabelled_weight", on=1.0),
         LossTerm("adversarial", "adversarial.weight", on=1.0, context={"method.adversarial": {"ndf": 8}}),
+        LossTerm("masked", "masking.weight", on=1.0),
     )
-    toy_overrides = {"method.mixing": "cutmix", "method.threshold": 0.5}
+    # threshold 0: an untrained teacher's pseudo-labels all count, so the target terms carry gradient in 2 steps
+    toy_overrides = {"method.mixing": "cutmix", "method.threshold": 0.0, "method.masking": {"patch": 8},
+                     "method.pseudo_ignore": {"top": 2, "bottom": 6}}
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         super().__init__(cfg, num_classes)
@@ -166,12 +217,23 @@ class MeanTeacher(Method):
             confidence, labels = probs.max(1)
         return confidence, labels
 
-    def unlabelled_batch(self, source: Batch, target: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                      dict[str, torch.Tensor]]:
-        """(strong mixed images, mixed labels, per-pixel weights, logged scalars) per the module docstring."""
+    def target_pseudo_labels(self, target: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(pseudo-labels ``y``, target weights ``w`` with ``pseudo_ignore`` applied, logged scalars) of the weak
+        target images: one teacher forward, shared by the unlabelled and the masked loss."""
         confidence, pseudo = self.pseudo_labels(target["image"])
         weights, kept = confidence_weights(confidence, self.options.threshold, self.options.confidence)
-        images, labels = target["image"], pseudo
+        rows = self.options.pseudo_ignore
+        if rows is not None and (rows.top or rows.bottom):
+            weights = ignore_rows(weights, rows.top, rows.bottom)
+        return pseudo, weights, {"pseudo_confidence": confidence.mean(), "pseudo_kept": kept}
+
+    def unlabelled_batch(self, source: Batch, target: Batch,
+                         pseudo: Optional[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(strong mixed images, mixed labels, per-pixel weights, logged scalars) per the module docstring;
+        ``pseudo``: ``target_pseudo_labels(target)`` when already computed."""
+        labels, weights, log = pseudo if pseudo is not None else self.target_pseudo_labels(target)
+        images = target["image"]
         if self.options.variant == "mix":
             if source["image"].shape != target["image"].shape:
                 raise DasuiteError(f"mean_teacher mixes source and target crops, which must have one size; got "
@@ -186,24 +248,35 @@ class MeanTeacher(Method):
             images = data_mix.mix(mask, source["image"], images)
             labels = data_mix.mix(mask, source["label"], labels)
             weights = data_mix.mix(mask, torch.ones_like(weights), weights)
-        log = {"pseudo_confidence": confidence.mean(), "pseudo_kept": kept}
         return self.strong.photometric(images), labels, weights, log
+
+    def masked_images(self, images: torch.Tensor) -> torch.Tensor:
+        """MIC's input (step 6): ``strong`` (its own draw) when ``masking.augment``, then a block mask."""
+        m = self.options.masking
+        with torch.no_grad():
+            images = self.strong.photometric(images) if m.augment else images
+            return data_masking.mask_images(images, m.patch, m.ratio)
 
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         source, target = batches["source"], batches["target"]
         source_logits = self.model(source["image"])
         loss_seg = segmentation.seg_loss(source_logits, source["label"])
-        images, labels, weights, log = self.unlabelled_batch(source, target)
+        pseudo, pseudo_weights, log = self.target_pseudo_labels(target)
+        images, labels, weights, log = self.unlabelled_batch(source, target, (pseudo, pseudo_weights, log))
         loss_u = weighted_ce(self.model(images), labels, weights)
         total = loss_seg + self.options.unlabelled_weight * loss_u
-        adv: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
         if self.adversary is not None:  # step 5: the student on the weak target images, source maps reused
-            total, adv = self.adversary.add_losses(
+            total, out = self.adversary.add_losses(
                 total, {"main": source_logits}, {"main": self.model(target["image"])}, source["image"].shape[-2:],
                 target["image"].shape[-2:], {"main": self.options.adversarial.weight})
+        if self.options.masking is not None:  # step 6: masked target images, the target's own pseudo-labels
+            loss_masked = weighted_ce(self.model(self.masked_images(target["image"])), pseudo, pseudo_weights)
+            total = total + self.options.masking.weight * loss_masked
+            out["loss_masked"] = loss_masked.detach()
         momentum = torch.full((), self.ema.current_momentum(), device=loss_seg.device)  # no host-to-device copy
         return {"loss": total, "loss_seg": loss_seg.detach(), "loss_unlabelled": loss_u.detach(),
-                **{k: v.detach() for k, v in log.items()}, "ema_momentum": momentum, **adv}
+                **{k: v.detach() for k, v in log.items()}, "ema_momentum": momentum, **out}
 
     def on_step_end(self, step: int) -> None:
         self.ema.update(self.accelerator.unwrap_model(self.model))
