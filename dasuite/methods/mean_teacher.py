@@ -8,15 +8,16 @@ Each step, with labelled ``source`` and unlabelled ``target`` batches (both alre
    pastes source pixels onto the target image; the mixed label is the source label where pasted and ``y``
    elsewhere. ``variant: fixmatch`` (Sohn et al. 2020): the target image itself, no cross-image mix;
 3. the strong photometric augmentation (``strong``, ``DeviceAugment.photometric``) is applied to that image;
-4. losses: ``loss_seg = CE(student(source), source label)`` and the unlabelled loss
+4. losses: the shared labelled-source terms (``Method.source_losses``: ``loss_seg = CE(student(source), source
+   label)``, plus ``loss_fd`` with ``feature_distance`` on) and the unlabelled loss
    ``loss_unlabelled = sum_p w_p CE_p / P`` over all ``P`` pixels of the mixed batch, where ``w_p = 1`` on pasted
    source pixels and on target pixels ``w_p = [c_p >= threshold]`` (``confidence: ignore``), ``q`` (``weight``:
    DACS's scalar, the fraction of the batch's target pixels with ``c >= threshold``), or ``q [c_p >= threshold]``
    (``both``); pixels labelled 255 count 0. Dividing by all pixels (not the kept ones) follows DACS and UniMatch.
    ``pseudo_ignore: {top, bottom}`` (DAFormer's pseudo-label crop) sets the target weights of the crop's first
    ``top`` and last ``bottom`` rows to 0 (rectification border, ego-car hood) before mixing, so pasted source
-   pixels there keep weight 1; ``q`` still counts all target pixels. ``loss = loss_seg + unlabelled_weight *
-   loss_unlabelled``;
+   pixels there keep weight 1; ``q`` still counts all target pixels. ``loss = loss_seg (+ loss_fd) +
+   unlabelled_weight * loss_unlabelled``;
 5. optional ``adversarial:`` block (one segmenter trained with the source segmentation loss, an adversarial loss
    on its predictions and the CutMix / FixMatch consistency loss):
    AdaptSegNet's single-level output-space term on the student's predictions of the weak target images (one more
@@ -48,7 +49,7 @@ from dasuite.constants import IGNORE_INDEX
 from dasuite.data.augment import AugmentConfig, ColorJitterConfig, DeviceAugment, StrongConfig
 from dasuite.errors import DasuiteError
 from dasuite.lazy import lazy_import
-from dasuite.methods.base import METHODS, Batch, LossTerm, Method
+from dasuite.methods.base import FEATURE_DISTANCE_TERM, METHODS, Batch, LossTerm, Method
 from dasuite.methods.output_adversarial import OutputAdversarialConfig, OutputAdversary
 from dasuite.schema_base import Section
 
@@ -184,7 +185,9 @@ class MeanTeacher(Method):
     """Student ``self.model`` (trained), EMA teacher ``self.ema.module``; losses as in the module docstring."""
 
     domains = ("source", "target")
+    shared_source_losses = True
     loss_terms = (
+        FEATURE_DISTANCE_TERM,
         LossTerm("unlabelled", "unlabelled_weight", on=1.0),
         LossTerm("adversarial", "adversarial.weight", on=1.0, context={"method.adversarial": {"ndf": 8}}),
         LossTerm("masked", "masking.weight", on=1.0),
@@ -259,8 +262,8 @@ class MeanTeacher(Method):
 
     def training_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         source, target = batches["source"], batches["target"]
-        source_logits = self.model(source["image"])
-        loss_seg = segmentation.seg_loss(source_logits, source["label"])
+        source_logits, source_terms = self.source_losses(source)
+        loss_seg = sum(source_terms.values())
         pseudo, pseudo_weights, log = self.target_pseudo_labels(target)
         images, labels, weights, log = self.unlabelled_batch(source, target, (pseudo, pseudo_weights, log))
         loss_u = weighted_ce(self.model(images), labels, weights)
@@ -275,7 +278,7 @@ class MeanTeacher(Method):
             total = total + self.options.masking.weight * loss_masked
             out["loss_masked"] = loss_masked.detach()
         momentum = torch.full((), self.ema.current_momentum(), device=loss_seg.device)  # no host-to-device copy
-        return {"loss": total, "loss_seg": loss_seg.detach(), "loss_unlabelled": loss_u.detach(),
+        return {"loss": total, **{k: v.detach() for k, v in source_terms.items()}, "loss_unlabelled": loss_u.detach(),
                 **{k: v.detach() for k, v in log.items()}, "ema_momentum": momentum, **out}
 
     def on_step_end(self, step: int) -> None:
