@@ -19,7 +19,13 @@ import torch
 from dasuite.constants import IGNORE_INDEX
 from dasuite.losses.segmentation import seg_loss
 
-__all__ = ["multires_loss", "multires_seg_loss"]
+__all__ = ["fused_logits", "multires_loss", "multires_seg_loss"]
+
+
+def fused_logits(output: Any) -> torch.Tensor:
+    """The logits a loss on whole predictions reads (e.g. a discriminator): an HRDA output's fused logits, else
+    the logits themselves."""
+    return output if isinstance(output, torch.Tensor) else output.fused
 
 
 def multires_loss(loss_fn: Callable[..., torch.Tensor], output: Any, labels: torch.Tensor, *pixel_maps: torch.Tensor,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from dasuite.methods.feature_distance import FeatureDistance
 
 losses = lazy_import("dasuite.losses")
+multires = lazy_import("dasuite.losses.hrda")
 
 __all__ = ["FEATURE_DISTANCE_TERM", "METHODS", "Batch", "LossTerm", "Method"]
 
@@ -138,11 +139,13 @@ class Method(abc.ABC):
     def source_terms(self, batch: Batch, logits: "torch.Tensor",
                      features: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
         """The labelled-source loss terms, each as it enters the loss (their sum is the source loss):
-        ``loss_seg = CE(logits, label)`` and, with ``feature_distance`` on, ``loss_fd = weight * FD``
+        ``loss_seg = CE(logits, label)`` (of an HRDA training output: its fused and detail terms,
+        ``dasuite.losses.hrda``) and, with ``feature_distance`` on, ``loss_fd = weight * FD``
         (``dasuite.methods.feature_distance``); ``features`` from ``source_forward``."""
-        terms = {"loss_seg": losses.seg_loss(logits, batch["label"])}
+        terms = {"loss_seg": multires.multires_seg_loss(logits, batch["label"])}  # plain logits: seg_loss
         if self.feature_distance is not None:
-            terms["loss_fd"] = self.feature_distance.loss(batch["image"], batch["label"], features)
+            scale = getattr(self.accelerator.unwrap_model(self.model), "feature_input_scale", 1.0)
+            terms["loss_fd"] = self.feature_distance.loss(batch["image"], batch["label"], features, scale)
         return terms
 
     def source_losses(self, batch: Batch) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:

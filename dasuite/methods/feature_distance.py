@@ -13,6 +13,7 @@ network with ``encoder_features`` (SegFormer) runs its encoder only. ``weight: 0
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -123,10 +124,14 @@ class FeatureDistance:
             features = encoder(images) if encoder is not None else self.network(images, return_features=True)[1]
         return features[self.options.feature]
 
-    def loss(self, images: "torch.Tensor", labels: "torch.Tensor",
-             features: dict[str, "torch.Tensor"]) -> "torch.Tensor":
-        """``weight * FD`` of a labelled batch, given the trained network's named ``features`` of ``images``."""
+    def loss(self, images: "torch.Tensor", labels: "torch.Tensor", features: dict[str, "torch.Tensor"],
+             input_scale: float = 1.0) -> "torch.Tensor":
+        """``weight * FD`` of a labelled batch, given the trained network's named ``features`` of ``images``
+        computed at ``input_scale`` (HRDA's context view: 0.5), at which the frozen network sees them too."""
         student = features[self.options.feature]
+        if input_scale != 1.0:
+            size = [math.ceil(n * input_scale) for n in images.shape[-2:]]  # as HRDA's context view
+            images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False)
         mask = fd_losses.class_mask(labels, tuple(student.shape[-2:]), self.options.classes, self.options.ratio,
                                     self.num_classes)
         distance = fd_losses.masked_feature_distance(student, self.frozen_feature(images), mask)

@@ -66,6 +66,7 @@ data_masking = lazy_import("dasuite.data.masking")
 data_mix = lazy_import("dasuite.data.mix")
 ema = lazy_import("dasuite.models.ema")
 segmentation = lazy_import("dasuite.losses.segmentation")
+multires = lazy_import("dasuite.losses.hrda")
 
 
 def _dacs_strong() -> StrongConfig:
@@ -266,15 +267,17 @@ class MeanTeacher(Method):
         loss_seg = sum(source_terms.values())
         pseudo, pseudo_weights, log = self.target_pseudo_labels(target)
         images, labels, weights, log = self.unlabelled_batch(source, target, (pseudo, pseudo_weights, log))
-        loss_u = weighted_ce(self.model(images), labels, weights)
+        loss_u = multires.multires_loss(weighted_ce, self.model(images), labels, weights)
         total = loss_seg + self.options.unlabelled_weight * loss_u
         out: dict[str, torch.Tensor] = {}
         if self.adversary is not None:  # step 5: the student on the weak target images, source maps reused
             total, out = self.adversary.add_losses(
-                total, {"main": source_logits}, {"main": self.model(target["image"])}, source["image"].shape[-2:],
+                total, {"main": multires.fused_logits(source_logits)},
+                {"main": multires.fused_logits(self.model(target["image"]))}, source["image"].shape[-2:],
                 target["image"].shape[-2:], {"main": self.options.adversarial.weight})
         if self.options.masking is not None:  # step 6: masked target images, the target's own pseudo-labels
-            loss_masked = weighted_ce(self.model(self.masked_images(target["image"])), pseudo, pseudo_weights)
+            masked = self.model(self.masked_images(target["image"]))
+            loss_masked = multires.multires_loss(weighted_ce, masked, pseudo, pseudo_weights)
             total = total + self.options.masking.weight * loss_masked
             out["loss_masked"] = loss_masked.detach()
         momentum = torch.full((), self.ema.current_momentum(), device=loss_seg.device)  # no host-to-device copy

@@ -167,6 +167,11 @@ class HRDA(SegModel):
         """The base's encoder blocks are checkpointed in both passes (``train.grad_checkpointing``)."""
         self.base.set_grad_checkpointing(enabled)
 
+    @property
+    def feature_input_scale(self) -> float:
+        """The features of ``return_features`` come from the input downscaled by this (the context view)."""
+        return self.context_scale
+
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """The output grid ceil(H/o) x ceil(W/o) of an H x W input."""
         return math.ceil(height / self.output_stride), math.ceil(width / self.output_stride)

@@ -1,0 +1,101 @@
+"""HRDA (model.arch: hrda) trained through the methods: source-only and the mean teacher (mix, fixmatch, MIC, the
+adversarial block) take its fused + detail loss, and DAFormer's feature distance compares its context features with
+the frozen network's features of the same downscaled view."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from dasuite.engine.loop import train
+from dasuite.losses.feature_distance import class_mask, masked_feature_distance
+from dasuite.losses.hrda import multires_seg_loss
+from dasuite.models import create_model
+from tests.conftest import tiny_toy_config
+
+HRDA = ["model.arch=hrda", "model.options={base: segformer_b0, detail_crop: [32, 32]}", "data.source.augment.crop=[64,64]",
+        "data.val.size=[96,64]", "data.test.size=[96,64]"]  # the context view of SegFormer needs >= 32 px a side
+TARGET = ["data.target.size=[64,48]", "data.target.num_images=16", "data.target.augment.crop=[64,64]"]
+
+
+def _run_dir(cfg):
+    return Path(cfg.work_dir) / cfg.name / cfg.run_tag()
+
+
+def _summary(cfg) -> dict:
+    train(cfg)
+    return json.loads((_run_dir(cfg) / "summary.json").read_text())
+
+
+def test_source_only_trains_hrda_with_its_detail_loss(tmp_path, monkeypatch):
+    seen = []
+    original = multires_seg_loss
+
+    def spy(output, labels, **kw):
+        seen.append(type(output).__name__)
+        return original(output, labels, **kw)
+
+    monkeypatch.setattr("dasuite.losses.hrda.multires_seg_loss", spy)
+    summary = _summary(tiny_toy_config(tmp_path, *HRDA, max_iters=2))
+    assert seen == ["MultiResOutput", "MultiResOutput"]  # the training forward's output reached the loss
+    assert math.isfinite(summary["final"]["mIoU"]) and summary["final"]["iteration"] == 2
+
+
+@pytest.mark.parametrize("extra", [
+    ["method.mixing=cutmix", "method.masking={patch: 16}"],
+    ["method.variant=fixmatch", "method.adversarial={ndf: 8}"],
+])
+def test_mean_teacher_trains_hrda(extra, tmp_path, monkeypatch):
+    from dasuite.methods.mean_teacher import MeanTeacher
+
+    logged, step = [], MeanTeacher.training_step
+
+    def spy(self, batches, i):
+        out = step(self, batches, i)
+        logged.append({k: float(v.detach()) for k, v in out.items()})
+        return out
+
+    monkeypatch.setattr(MeanTeacher, "training_step", spy)
+    cfg = tiny_toy_config(tmp_path, *HRDA, *TARGET, "method.threshold=0.0", *extra, max_iters=2,
+                          experiment="cutmix_pseudo.yaml")
+    summary = _summary(cfg)
+    assert math.isfinite(summary["final"]["mIoU"]) and len(logged) == 2
+    for losses in logged:
+        assert all(math.isfinite(v) for v in losses.values())
+        assert losses["loss_seg"] > 0 and losses["loss_unlabelled"] > 0
+        assert ("loss_masked" in losses) == ("method.masking={patch: 16}" in extra)
+        assert ("loss_adv_main" in losses) == ("method.adversarial={ndf: 8}" in extra)
+
+
+def test_feature_distance_gives_the_frozen_network_the_context_view(tmp_path):
+    torch.manual_seed(3)
+    frozen_file = tmp_path / "frozen.safetensors"
+    frozen = create_model("segformer_b0", 19, tiny=True).eval()
+    save_file(frozen.state_dict(), str(frozen_file))
+    fd = {"weight": 1.0, "classes": None, "network": {"checkpoint": str(frozen_file), "arch": "segformer_b0",
+                                                      "tiny": True}}
+    cfg = tiny_toy_config(tmp_path, *HRDA, f"feature_distance={json.dumps(fd)}", max_iters=1)
+    from dasuite.engine.loop import Trainer
+
+    trainer = Trainer(cfg)
+    method = trainer.method
+    model = trainer.accelerator.unwrap_model(method.model)
+    torch.manual_seed(0)
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 19, (2, 64, 64))
+    logits, features = method.source_forward(images)
+    terms = method.source_terms({"image": images, "label": labels}, logits, features)
+    small = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)  # context view, scale 0.5
+    with torch.no_grad():
+        expected_frozen = frozen.encoder_features(small)["stage4"]
+    student = features["stage4"]
+    assert student.shape[-2:] == expected_frozen.shape[-2:] == (1, 1)
+    mask = class_mask(labels, tuple(student.shape[-2:]), None, 0.75, 19)
+    assert torch.allclose(terms["loss_fd"], masked_feature_distance(student, expected_frozen, mask))
+    assert model.feature_input_scale == 0.5
+    assert torch.allclose(terms["loss_seg"], multires_seg_loss(logits, labels))
