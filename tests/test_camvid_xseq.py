@@ -19,7 +19,7 @@ def _listed(name: str) -> int:
     return sum(1 for line in lines if line.split("#", 1)[0].strip())
 
 
-@pytest.mark.parametrize("method, fold", [("source_only", 2), ("fda", 1), ("dacs", 2)])
+@pytest.mark.parametrize("method, fold", [("source_only", 2), ("fda", 1), ("dacs", 2), ("mic", 1), ("hrda", 1)])
 def test_xseq_trains_and_tests_on_the_other_folds_val(method, fold, shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("DASUITE_DATA", str(shared_data))
     cfg = load_config(ROOT / "experiments" / "camvid" / f"xseq_{method}.yaml", [
@@ -27,6 +27,7 @@ def test_xseq_trains_and_tests_on_the_other_folds_val(method, fold, shared_data,
         "log.progress_bar=false", "eval.batch_size=32"])
     cfg = with_fold(cfg, fold)
     assert cfg.data.test.split == "other_val" and (cfg.data.target is None) == (method == "source_only")
+    assert (cfg.method.name == "mean_teacher") == (method in ("dacs", "mic", "hrda"))
     train(cfg)
     summary = json.loads((tmp_path / cfg.name / f"fold{fold}_seed0" / "summary.json").read_text())
     assert summary["best"] is None  # no validation: the last weights are tested
