@@ -35,6 +35,7 @@ CHECKPOINTS = ("best", "last")  # best: highest validation train.best_metric; la
 LEGACY_SPLITS = {"best": ("val", "best"), "final": ("val", "last")}
 GROUP_ALIASES = {"experiment": "name", "method": "method.name", "arch": "model.arch"}
 CLASS_PREFIX = "iou/"  # internal key of a class IoU: "iou/<class name>"
+SUBSET_PREFIX = "mIoU_"  # class-subset means the evaluation adds with eval.class_subsets, e.g. "mIoU_synthia16"
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class Report:
     baseline: str | None
     confidence: float
     checkpoint: str = "best"
+    metrics: tuple[str, ...] = METRICS
+    """The summary metrics shown: ``METRICS`` plus the class-subset means (``mIoU_<subset>``) any run has."""
 
     def selection(self, rows: Sequence[RunResult] | None = None) -> str:
         """Which result the rows (default: all) use, in words, e.g. "best checkpoint, test split"."""
@@ -224,8 +227,10 @@ def describe_selection(rows: Sequence[RunResult]) -> str:
 
 
 def _values(result: dict, where: str) -> dict[str, float | None]:
-    """mIoU, mAcc, aAcc and "iou/<class>" -> fraction or None (undefined; NaN is read as undefined)."""
-    values = {m: result[m] for m in METRICS} | {CLASS_PREFIX + c: v for c, v in result["iou"].items()}
+    """mIoU, mAcc, aAcc, the class-subset means "mIoU_<subset>" the run's evaluation added and "iou/<class>" ->
+    fraction or None (undefined; NaN is read as undefined)."""
+    subsets = {k: v for k, v in result.items() if k.startswith(SUBSET_PREFIX)}
+    values = {m: result[m] for m in METRICS} | subsets | {CLASS_PREFIX + c: v for c, v in result["iou"].items()}
     bad = {k: v for k, v in values.items() if v is not None and (type(v) not in (int, float))}
     if bad:
         raise DasuiteError(f"{where}: expected numbers or null, got {bad}")
@@ -320,7 +325,8 @@ def build_report(runs: Sequence[RunRecord], split: str | None = None, group_by: 
         listed = "; ".join(f"{p} ({why})" for p, why in skipped) or "none given"
         raise DasuiteError(f"no finished runs to report; runs found: {listed}")
     classes = list(dict.fromkeys(k[len(CLASS_PREFIX):] for r in rows for k in r.values if k.startswith(CLASS_PREFIX)))
-    keys = [*METRICS, *(CLASS_PREFIX + c for c in classes)]
+    metrics = (*METRICS, *dict.fromkeys(k for r in rows for k in r.values if k.startswith(SUBSET_PREFIX)))
+    keys = [*metrics, *(CLASS_PREFIX + c for c in classes)]
     groups = {}
     for name, value in values.items():
         members = [r for r in rows if r.group == name]
@@ -339,7 +345,7 @@ def build_report(runs: Sequence[RunRecord], split: str | None = None, group_by: 
         comparisons = [(name, baseline, k, welch(g.rep.samples[k], base.rep.samples[k], confidence))
                        for name, g in groups.items() if name != baseline for k in keys]
     return Report(rows, groups, comparisons, classes, skipped, warnings, split, group_by, baseline, confidence,
-                  checkpoint)
+                  checkpoint, metrics)
 
 
 # ------------------------------------------------------------------------------------------------------ rendering
@@ -357,7 +363,7 @@ def _str(value: Any) -> str | None:
 
 def _tables(report: Report, per_class: bool) -> list[tuple[str, list[str], list[list[list[str | None]]]]]:
     """(title, header, sections of rows) for each text table."""
-    keys = [*METRICS, *(CLASS_PREFIX + c for c in report.classes)] if per_class else list(METRICS)
+    keys = [*report.metrics, *(CLASS_PREFIX + c for c in report.classes)] if per_class else list(report.metrics)
     conf = f"{100 * report.confidence:g}% CI"
     tables = []
     exp = [] if report.group_by == "experiment" else ["experiment"]  # tags repeat across experiments
@@ -394,8 +400,8 @@ def _summary_json(s: Summary) -> dict:
     return {"n": s.n, "mean": s.mean, "std": s.std, "ci": s.ci}
 
 
-def _split_keys(values: dict[str, Any], per_class: bool, convert=lambda v: v) -> dict:
-    out = {m: convert(values[m]) for m in METRICS}
+def _split_keys(values: dict[str, Any], per_class: bool, metrics: Sequence[str], convert=lambda v: v) -> dict:
+    out = {m: convert(values.get(m)) for m in metrics}
     if per_class:
         out["iou"] = {k[len(CLASS_PREFIX):]: convert(v) for k, v in values.items() if k.startswith(CLASS_PREFIX)}
     return out
@@ -405,10 +411,11 @@ def _to_json(report: Report, per_class: bool) -> dict:
     runs = [{"path": str(r.run.path), "experiment": r.run.experiment, "tag": r.run.tag, "group": r.group,
              "seed": r.run.seed, "fold": r.run.fold, "checkpoint": r.checkpoint, "split": r.split,
              "iteration": r.iteration,
-             **_split_keys(r.values, per_class)} for r in report.runs]
+             **_split_keys(r.values, per_class, report.metrics)} for r in report.runs]
     groups = {g.name: {"value": g.value, "n": len(g.rep.units), "units": g.rep.units, "folds": g.rep.folds,
-                       "excluded": g.rep.missing, **_split_keys(g.rep.stats, per_class, _summary_json),
-                       "fold_means": {str(i): {"n": len(g.rep.units), **_split_keys(m, per_class)}
+                       "excluded": g.rep.missing,
+                       **_split_keys(g.rep.stats, per_class, report.metrics, _summary_json),
+                       "fold_means": {str(i): {"n": len(g.rep.units), **_split_keys(m, per_class, report.metrics)}
                                       for i, m in g.rep.fold_means.items()}}
               for g in report.groups.values()}
     comparisons = [{"group": g, "baseline": b, "metric": "IoU" if k.startswith(CLASS_PREFIX) else k,

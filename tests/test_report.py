@@ -346,3 +346,33 @@ def test_undefined_values_and_repeated_seeds(tmp_path: Path) -> None:
     assert rep.stats["iou/road"].mean == pytest.approx(np.mean([0.7, 0.9, 1.0]))
     assert any("IoU road is undefined in 1 of 4 replicates" in w for w in report.warnings)
     assert any("seed2 appears twice" in w and "each counts as a replicate" in w for w in report.warnings)
+
+
+def test_class_subset_means_are_reported_like_miou(tmp_path: Path) -> None:
+    """Runs evaluated with eval.class_subsets carry mIoU_synthia16 / mIoU_synthia13 in summary.json: the report
+    gives their per-run values, group statistics and baseline comparisons next to mIoU; runs without them leave them
+    undefined, and reports of runs without any subset keep the three metrics only."""
+    syn16, syn13 = [0.60, 0.62, 0.67], [0.66, 0.70, 0.71]
+    for seed, (a, b) in enumerate(zip(syn16, syn13)):
+        run = make_run(tmp_path / "runs", "syn", seed, best=a - 0.08)
+        summary = json.loads((run / "summary.json").read_text())
+        summary["final"] |= {"mIoU_synthia16": a, "mIoU_synthia13": b}
+        (run / "summary.json").write_text(json.dumps(summary))
+    for seed in range(2):
+        make_run(tmp_path / "runs", "plain", seed, best=0.5)
+    report = build_report(collect_runs([tmp_path / "runs" / "syn"]), split="val", checkpoint="last")
+    assert report.metrics == ("mIoU", "mAcc", "aAcc", "mIoU_synthia16", "mIoU_synthia13")
+    stats16 = report.groups["syn"].rep.stats["mIoU_synthia16"]
+    assert stats16.n == 3 and stats16.mean == pytest.approx(np.mean(syn16))
+    assert stats16.ci == pytest.approx(ci(syn16))
+    assert report.groups["syn"].rep.stats["mIoU_synthia13"].mean == pytest.approx(np.mean(syn13))
+    text = format_report(report, "table")
+    assert "mIoU_synthia16" in text and f"{100 * np.mean(syn16):.2f}" in text
+    out = json.loads(format_report(report, "json"))
+    assert [r["mIoU_synthia13"] for r in out["runs"]] == syn13
+    assert out["groups"]["syn"]["mIoU_synthia16"]["mean"] == pytest.approx(np.mean(syn16))
+    mixed = build_report(collect_runs([tmp_path / "runs"]), split="val", checkpoint="last", baseline="plain")
+    assert "mIoU_synthia16" in mixed.metrics and mixed.groups["plain"].rep.stats["mIoU_synthia16"].n == 0
+    assert mixed.groups["syn"].rep.stats["mIoU_synthia16"].n == 3
+    plain = build_report(collect_runs([tmp_path / "runs" / "plain"]), split="val", checkpoint="last")
+    assert plain.metrics == ("mIoU", "mAcc", "aAcc") and "synthia" not in format_report(plain, "json")
