@@ -7,8 +7,14 @@ GTA5 image folder (``cycle_gta5``, as ``dasuite translate`` writes it) and a pse
 ``dasuite pseudo-label`` writes it). Each file runs exactly as shipped (its datasets, resolutions, crops, mixes,
 method options) except: tiny model, no pretrained weights, 2 iterations, no loader workers, and for CycleGAN narrow
 networks. A file whose dataset, model or method settings do not fit together fails here rather than on a GPU node.
-Toy files that switch on a method block no other test trains end to end (MIC's ``masking``) run the same way on
-the built-in toy data, with fewer evaluation images.
+Toy files that switch on a method block no other test trains end to end (MIC's ``masking``, DAFormer's decoder,
+HRDA's wrapper) run the same way on the built-in toy data, with fewer evaluation images.
+
+The DAFormer family (``daformer``, ``hrda``, ``mic_*`` under gta5_to_cityscapes/ and synthia_to_cityscapes/, on a
+fake SYNTHIA tree with 16-bit labels) also trains its feature distance, against a tiny frozen MiT-B5 file instead of
+ImageNet weights, at reduced sizes (256-pixel decodes, 128 crops, HRDA's 64 detail crop and 128 windows, RCS
+min_pixels and the pseudo-label rows scaled down): the shipped 512 / 1024 crops at 2 iterations would cost minutes
+on a CPU without testing more wiring. SYNTHIA files also report their 16- / 13-class means.
 """
 
 from __future__ import annotations
@@ -23,25 +29,32 @@ from PIL import Image
 
 from dasuite.config import load_config
 from dasuite.engine.loop import train
+from dasuite.report import build_report, collect_runs
 from tests.conftest import ROOT
 from tests.test_data_cityscapes import write_frame
 from tests.test_data_folder_hf import save_label, save_rgb
 from tests.test_data_gta5 import write_pair
+from tests.test_data_synthia import write_frame as write_synthia_frame
 
 CITYSCAPES_CLASSES = 19
 # labelIds that map to Cityscapes train ids (road 7, sidewalk 8, building 11, vegetation 21, sky 23, car 26) and
 # one that does not (0, unlabelled): a 36 x 64 label map of horizontal bands
 BANDS = np.repeat(np.array([23, 11, 21, 26, 8, 7, 0, 7, 8], np.uint8), 4)[:, None].repeat(64, 1)
+# the same classes as SYNTHIA ids (sky 1, building 2, vegetation 6, car 8, sidewalk 4, road 3, void 0)
+SYNTHIA_OF_LABEL_ID = {23: 1, 11: 2, 21: 6, 26: 8, 8: 4, 7: 3, 0: 0}
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``$DASUITE_DATA`` with gta5/, cityscapes/, cycle_gta5/ and pseudo/cityscapes_train/ (3 or 2 images each)."""
+    """``$DASUITE_DATA`` with gta5/, synthia/, cityscapes/, cycle_gta5/ and pseudo/cityscapes_train/ (3 or 2 images
+    each)."""
     root = tmp_path_factory.mktemp("dasuite_data")
     for i in range(3):
         ids = np.roll(BANDS, 4 * i, axis=0)
         write_pair(root / "gta5", f"{i:05d}", ids)  # 64 x 36 (16:9)
         save_rgb(root / "cycle_gta5" / f"{i:05d}.png", 40 + 60 * i, shape=(36, 64))
+        synthia_ids = np.vectorize(SYNTHIA_OF_LABEL_ID.get)(ids).astype(np.uint16)
+        write_synthia_frame(root / "synthia", f"{i:07d}", synthia_ids)  # 64 x 36, 16-bit RGB labels
     for split, city in (("train", "aachen"), ("train", "bremen"), ("val", "lindau")):
         write_frame(root / "cityscapes", split, city, f"{city}_000000_000019", np.roll(BANDS, 8, axis=0))
     pseudo = root / "pseudo" / "cityscapes_train"
@@ -59,15 +72,47 @@ CYCLEGAN = "gta5_to_cityscapes/cyclegan_gta2city.yaml"
 EXPERIMENTS = ROOT / "experiments"
 SEGMENTATION = sorted(
     name for name in (str(p.relative_to(EXPERIMENTS)) for p in [
-        *(EXPERIMENTS / "gta5_to_cityscapes").glob("*.yaml"), EXPERIMENTS / "cutmix_pseudo.yaml",
+        *(EXPERIMENTS / "gta5_to_cityscapes").glob("*.yaml"), *(EXPERIMENTS / "synthia_to_cityscapes").glob("*.yaml"),
+        EXPERIMENTS / "cutmix_pseudo.yaml",
         *(EXPERIMENTS / "cityscapes").glob("pseudo_label_*.yaml"), *(EXPERIMENTS / "cityscapes").glob("segformer_*.yaml")])
     if name != CYCLEGAN)
-# toy files with MIC's masked image consistency (a new one is covered without editing this list)
+# toy files with MIC's masked image consistency, DAFormer's decoder or HRDA (a new one is covered without editing
+# this list)
+TOY_BLOCKS = ("masking:", "decoder: daformer", "arch: hrda")
 TOY = sorted(str(p.relative_to(EXPERIMENTS)) for p in (EXPERIMENTS / "toy").glob("*.yaml")
-             if "masking:" in p.read_text())
+             if any(block in p.read_text() for block in TOY_BLOCKS))
 COMMON = ["model.tiny=true", "model.pretrained=null", "train.max_iters=2", "train.eval_interval=2",
           "train.checkpoint_interval=2", "train.log_interval=1", "schedule.warmup_iters=0", "data.num_workers=0",
           "log.progress_bar=false", "log.num_vis_images=1"]
+
+
+# DAFormer-family files (those with a feature_distance section): reduced sizes, same settings otherwise
+SMALL = ["data.source.resize=[256,144]", "data.target.resize=[256,128]", "data.val.resize=[256,128]",
+         "data.source.augment.crop=[128,128]", "data.target.augment.crop=[128,128]", "data.source.rcs.min_pixels=1000"]
+HRDA_SMALL = ["model.options.detail_crop=[64,64]", "eval.crop=[128,128]", "eval.stride=[64,64]"]
+
+
+@pytest.fixture(scope="module")
+def frozen_b5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MiT-B5 weights file standing in for the ImageNet network of the feature distance."""
+    from safetensors.torch import save_file
+
+    from dasuite.models import create_model
+
+    path = tmp_path_factory.mktemp("frozen") / "mit_b5_tiny.safetensors"
+    save_file(create_model("segformer_b5", CITYSCAPES_CLASSES, tiny=True).state_dict(), str(path))
+    return path
+
+
+def family_overrides(name: str, frozen: Path) -> list[str]:
+    """The DAFormer family's test overrides (module docstring); none for other files."""
+    cfg = load_config(EXPERIMENTS / name, [])
+    if cfg.feature_distance is None:
+        return []
+    rows = cfg.method.pseudo_ignore
+    network = f"{{checkpoint: {frozen}, arch: segformer_b5, tiny: true}}"
+    return [*SMALL, *(HRDA_SMALL if cfg.model.arch == "hrda" else []), f"feature_distance.network={network}",
+            f"method.pseudo_ignore={{top: {rows.top // 4}, bottom: {rows.bottom // 4}}}"]
 
 
 def run_shipped(name: str, data_root: Path, tmp_path: Path, monkeypatch, *overrides: str) -> Path:
@@ -78,14 +123,23 @@ def run_shipped(name: str, data_root: Path, tmp_path: Path, monkeypatch, *overri
 
 
 @pytest.mark.parametrize("name", SEGMENTATION)
-def test_shipped_segmentation_experiment_trains_and_evaluates(name, data_root, tmp_path, monkeypatch):
-    run = run_shipped(name, data_root, tmp_path, monkeypatch, *COMMON)
+def test_shipped_segmentation_experiment_trains_and_evaluates(name, data_root, frozen_b5, tmp_path, monkeypatch):
+    extra = family_overrides(name, frozen_b5)
+    run = run_shipped(name, data_root, tmp_path, monkeypatch, *COMMON, *extra)
     summary = json.loads((run / "summary.json").read_text())
     final = summary["final"]
     assert final["iteration"] == 2 and final["num_images"] == 1  # the one Cityscapes val frame
     assert len(final["iou"]) == CITYSCAPES_CLASSES and math.isfinite(final["mIoU"])
     assert summary["eval_model"] == "student"
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.safetensors").is_file()
+    if extra:  # the DAFormer family trained its feature distance (and MIC its masked loss)
+        logged = b"".join(p.read_bytes() for p in (run / "tensorboard").glob("events.*"))  # the logged tags
+        assert b"loss_fd" in logged and (b"loss_masked" in logged) == name.split("/")[1].startswith("mic_")
+    if name.startswith("synthia_to_cityscapes/"):  # 16- and 13-class means, reported across runs
+        assert {"mIoU_synthia16", "mIoU_synthia13"} <= set(final)
+        report = build_report(collect_runs([run]), split="val", checkpoint="last")
+        assert report.metrics[-2:] == ("mIoU_synthia16", "mIoU_synthia13")
+        assert report.runs[0].values["mIoU_synthia16"] == final["mIoU_synthia16"]
 
 
 def test_shipped_cyclegan_experiment_trains_and_translates(data_root, tmp_path, monkeypatch):
@@ -112,4 +166,5 @@ def test_shipped_toy_experiment_trains_and_evaluates(name, tmp_path, monkeypatch
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final"]["iteration"] == 2 and summary["test"]["num_images"] == 2
     assert math.isfinite(summary["final"]["mIoU"]) and summary["eval_model"] == "student"
-    assert "masking:" in (run / "config.yaml").read_text()  # the run trained with the block (its loss: test_mic.py)
+    used = (run / "config.yaml").read_text()  # the run trained with its block (their own tests check the math)
+    assert any(block in used for block in TOY_BLOCKS)
