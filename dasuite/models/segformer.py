@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -145,14 +145,24 @@ class SegFormer(SegModel):
         (``DAFormerHead.features`` with ``decoder: daformer``)."""
         if self.decoder_kind == "daformer":
             return self.decode_head.features(stages)
-        size = stages[0].shape[-2:]
-        projected = []
-        for stage, projection in zip(stages, self._projections()):
-            tokens = projection(stage)  # B x (h*w) x D
-            grid = tokens.transpose(1, 2).reshape(stage.shape[0], -1, *stage.shape[-2:])
-            projected.append(F.interpolate(grid, size=size, mode="bilinear", align_corners=False))
+        # fuse(cat_i up(P_i x_i)) = sum_i up(W_i P_i x_i), W_i the fuse weight's input block of stage i (the concat
+        # runs stage 4 first): 1x1 convolution and bilinear upsampling are both linear and commute, so each stage is
+        # fused at its own resolution and only one D-channel map at 1/4 resolution is accumulated, instead of the
+        # 4D-channel concatenation (3.2 GB for MiT-B5 at 2048x1024) that the fuse conv would also save for backward.
         head = self.decode_head
-        return head.activation(head.batch_norm(head.linear_fuse(torch.cat(projected[::-1], dim=1))))
+        size = stages[0].shape[-2:]
+        blocks = head.linear_fuse.weight.flatten(1).chunk(len(stages), dim=1)  # D x D each, stage 4 first
+        fused: Optional[torch.Tensor] = None
+        for stage, projection, block in zip(stages[::-1], list(self._projections())[::-1], blocks):
+            tokens = F.linear(projection(stage), block)  # B x (h*w) x D
+            grid = tokens.transpose(1, 2).reshape(stage.shape[0], -1, *stage.shape[-2:])
+            if grid.shape[-2:] != size:
+                grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+            # in place into the first (stage 4's, a fresh upsampled map): no saved tensor is overwritten
+            fused = grid if fused is None else fused.add_(grid)
+        if head.linear_fuse.bias is not None:
+            fused = fused + head.linear_fuse.bias[:, None, None]
+        return head.activation(head.batch_norm(fused))
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Checkpoint every encoder block (``SegformerLayer``) in training (``train.grad_checkpointing``).
