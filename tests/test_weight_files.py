@@ -99,6 +99,9 @@ def test_a_full_size_real_data_run_without_weights_stops_with_one_line(monkeypat
     # DeepLabV3+: the torchvision file and its URL
     line = missing_weights(load_config(EXPERIMENTS / "cityscapes" / "deeplabv3plus_r101.yaml", ["model.pretrained=null"]))
     assert "get resnet101-63fe2227.pth" in line and "https://download.pytorch.org/models/resnet101-63fe2227.pth" in line
+    # HRDA loads its base's file (MiT-B5), named before any data is read
+    line = missing_weights(load_config(EXPERIMENTS / "gta5_to_cityscapes" / "hrda.yaml"))
+    assert line is not None and "model.pretrained=imagenet needs mit_b5.pth" in line
 
 
 def test_opt_outs(monkeypatch, tmp_path) -> None:

@@ -71,10 +71,19 @@ def hub_checkpoint_dir() -> Path:
     return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
+def weights_target(arch: str, options: Optional[Mapping[str, Any]]) -> tuple[str, Mapping[str, Any]]:
+    """(arch, options) whose pretrained file a model loads: a wrapper (``hrda``) loads its base's
+    (``options.base``, default ``segformer_b5``; ``options.base_options``)."""
+    options = options or {}
+    if arch == "hrda":
+        return options.get("base") or "segformer_b5", options.get("base_options") or {}
+    return arch, options
+
+
 def recommended(arch: str, options: Optional[Mapping[str, Any]] = None) -> Optional[tuple[str, WeightFile]]:
     """(keyword, file) a full-size ``arch`` is usually initialised from, None for an architecture dasuite knows no
     file for (a plugin model, a caffe-style ResNet-50)."""
-    options = options or {}
+    arch, options = weights_target(arch, options)
     family, _, variant = arch.partition("_")
     if family == "segformer":
         return "imagenet", FILES[f"mit_{variant}.pth"]
@@ -91,7 +100,7 @@ def recommended(arch: str, options: Optional[Mapping[str, Any]] = None) -> Optio
 def keyword_files(arch: str, options: Optional[Mapping[str, Any]], keyword: str) -> Optional[tuple[str, ...]]:
     """The hub-cache file names ``model.pretrained: <keyword>`` accepts for ``arch`` (the model modules look for the
     same names), None when dasuite knows no file for that combination."""
-    options = options or {}
+    arch, options = weights_target(arch, options)
     family, _, variant = arch.partition("_")
     torchvision = {"r50": ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
                    "r101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth"),
