@@ -25,7 +25,8 @@ def test_smoke_runs_every_measurement(tmp_path):
     assert result["device"] == "cpu (smoke)"
     printed = dict(re.findall(r"^(\w+): ((?:\w+_ratio=[\d.]+ ?)+)$", proc.stdout, flags=re.M))
     for key, ratios in [("engine_vs_bare_eager", ("time", "memory")), ("engine_vs_bare_compiled", ("time", "memory")),
-                        ("dacs_vs_source_only", ("time", "memory")), ("slide_vs_whole", ("time", "peak"))]:
+                        ("dacs_vs_source_only", ("time", "memory")), ("slide_vs_whole", ("time", "peak")),
+                        ("mic_hrda_memory", ("time", "memory"))]:
         figures = result[key]
         sides = [v for v in figures.values() if isinstance(v, dict)]
         assert len(sides) == 2, key

@@ -1,6 +1,6 @@
 """A prepared GPU check: the figures a CPU cannot give, measured on one CUDA device within about 8 minutes.
 
-Four measurements, each side in its own process (so each peak memory is its own), printed as ratios:
+Five measurements, each side in its own process (so each peak memory is its own), printed as ratios:
 
 1. engine vs bare loop, SegFormer-B5 at 1024x1024, batch 2, bf16, eager: ``tools/bench_engine.py``'s two sides
    (``Trainer.fit`` on cached batches vs a hand-written loop), step time and peak ``max_memory_allocated``;
@@ -8,7 +8,11 @@ Four measurements, each side in its own process (so each peak memory is its own)
 3. the DACS mean-teacher step (``experiments/toy/cutmix_pseudo.yaml``: EMA teacher, CutMix, strong augmentation)
    vs the source-only step, SegFormer-B5 at 512x512, batch 2 per role, bf16, on cached batches;
 4. whole-image vs sliding-window evaluation (1024x1024 windows, stride 768) of a 2048x1024 image, SegFormer-B5,
-   through ``tools/bench_eval.py``.
+   through ``tools/bench_eval.py``;
+5. the peak ``max_memory_allocated`` of a MIC(HRDA) step (``experiments/toy/cutmix_pseudo.yaml`` + MIC's
+   ``method.masking``; HRDA around a MiT-B5 with DAFormer's decoder, 1024x1024 crops, context 512, detail 512),
+   batch 2 per role, bf16, gradient checkpointing off vs on, over two steps (the first allocates AdamW's state):
+   ``tools/bench_uda.py``'s memory sides, whose CPU estimate it checks (docs/benchmarks.md).
 
 A measurement that would start after ``--budget`` seconds is skipped and said so (the order puts the slow
 compilation last). ``--smoke`` runs the same code on the CPU with tiny settings (tiny SegFormer-B0, 64x64, two
@@ -39,9 +43,9 @@ TOOLS = ROOT / "tools"
 sys.path.insert(0, str(ROOT))
 
 FULL = {"arch": "segformer_b5", "tiny": False, "size": 1024, "mt_size": 512, "batch": 2, "warmup": 3, "iters": 10,
-        "backend": "inductor", "image": (2048, 1024), "crop": 1024, "repeat": 2, "timeout": 300}
+        "backend": "inductor", "image": (2048, 1024), "crop": 1024, "repeat": 2, "timeout": 300, "mic_size": 1024}
 SMOKE = {"arch": "segformer_b0", "tiny": True, "size": 64, "mt_size": 64, "batch": 2, "warmup": 1, "iters": 2,
-         "backend": "eager", "image": (256, 128), "crop": 128, "repeat": 1, "timeout": 300}
+         "backend": "eager", "image": (256, 128), "crop": 128, "repeat": 1, "timeout": 300, "mic_size": 64}
 
 
 def _child(cmd: list[str], timeout: float) -> dict:
@@ -179,6 +183,22 @@ def dacs_vs_source_only(s: dict, smoke: bool) -> dict:
     return out
 
 
+def mic_hrda_memory(s: dict) -> dict:
+    """Measurement 5: peak memory and step time of a bf16 MIC(HRDA) step, gradient checkpointing off and on."""
+    out = {}
+    for ckpt in ("off", "on"):
+        r = _child([str(TOOLS / "bench_uda.py"), "--side", f"mem_bf16_{ckpt}", "--mem-arch", s["arch"],
+                    "--validate-size", str(s["mic_size"]), "--batch", str(s["batch"]), "--mem-limit-gib", "0",
+                    "--work-dir", "/tmp/dasuite_gpu_check", *(["--tiny"] if s["tiny"] else [])], s["timeout"])
+        out[f"checkpointing_{ckpt}"] = {"step_s": r["times"][-1] - r["times"][-2], "peak_mib": r["peak_mib"],
+                                        "first_s": r["first_s"]}
+    off, on = out["checkpointing_off"], out["checkpointing_on"]
+    out["peak_gib_off"], out["peak_gib_on"] = off["peak_mib"] / 1024, on["peak_mib"] / 1024  # a 24 GB card: 24 GiB
+    out["time_ratio"] = on["step_s"] / off["step_s"]
+    out["memory_ratio"] = on["peak_mib"] / off["peak_mib"]
+    return out
+
+
 def slide_vs_whole(s: dict) -> dict:
     out = {}
     for mode in ("whole", "slide"):
@@ -225,6 +245,8 @@ def main() -> None:
          lambda: slide_vs_whole(s)),
         ("dacs_vs_source_only", f"DACS mean-teacher step vs source-only step, {s['mt_size']}x{s['mt_size']}, bf16",
          lambda: dacs_vs_source_only(s, args.smoke)),
+        ("mic_hrda_memory", f"MIC(HRDA) {s['arch']} step, {s['mic_size']}x{s['mic_size']} crops, batch {s['batch']}, "
+         f"bf16, grad checkpointing off vs on", lambda: mic_hrda_memory(s)),
         ("engine_vs_bare_compiled", f"engine vs bare loop, compiled ({s['backend']}), bf16",
          lambda: engine_vs_bare(s, compiled=True)),
     ]
