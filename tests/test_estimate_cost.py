@@ -26,13 +26,13 @@ def settings() -> dict:
 
 def test_a_small_setting() -> None:
     b0 = load_tool().estimate(settings()["camvid/segformer_b0*.yaml"])
-    assert 0.05 < b0["step_tflop"] < 0.1 and 1.5 < b0["memory_gib"] < 3
+    assert 0.03 < b0["step_tflop"] < 0.06 and 1.5 < b0["memory_gib"] < 3
 
 
 @pytest.mark.slow
 def test_the_daformer_anchor() -> None:
     anchor = load_tool().estimate(settings()["daformer_anchor"])
-    # the 2.4 TFLOPS assumption is what DAFormer's reported 16 h for 40k iterations implies under this counting
+    # the 2.8 TFLOPS assumption is what DAFormer's reported 16 h for 40k iterations implies under this counting
     assert anchor["hours"][0] == pytest.approx(16, abs=1)
 
 
