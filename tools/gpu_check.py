@@ -73,6 +73,7 @@ def _preload() -> None:
     import dasuite.models.segformer  # noqa: F401
     import tools.bench_engine  # noqa: F401
     import tools.bench_eval  # noqa: F401
+    import tools.bench_uda  # noqa: F401
 
 
 def _forked(cmd: list[str], timeout: float) -> str:
@@ -130,46 +131,14 @@ def engine_vs_bare(s: dict, compiled: bool) -> dict:
 
 
 def method_step(experiment: str, s: dict) -> dict:
-    """One side of measurement 3, in this process: ``Trainer.fit`` of ``experiment`` on cached batches."""
-    import torch
-
-    from tools.bench_engine import _cached_batches, _peak_mib, _reset_peak
-
-    from dasuite.config import load_config
-    from dasuite.engine.loop import Trainer
+    """One side of measurement 3, in this process: ``tools/bench_uda.py``'s ``Trainer.fit`` of ``experiment`` on
+    cached batches, in bf16."""
+    from tools.bench_uda import method_step as cached_step
 
     args = argparse.Namespace(arch=s["arch"], tiny=s["tiny"], size=(s["mt_size"], s["mt_size"]), batch=s["batch"],
                               warmup=s["warmup"], iters=s["iters"], work_dir="/tmp/dasuite_gpu_check")
-    cfg = load_config(ROOT / "experiments" / "toy" / experiment, [
-        f"model.arch={s['arch']}", f"model.tiny={str(s['tiny']).lower()}", f"train.batch_size={s['batch']}",
-        f"train.max_iters={s['warmup'] + s['iters']}", "train.eval_interval=100000",
-        "train.checkpoint_interval=100000", "train.mixed_precision=bf16", "data.num_workers=0", "data.val=null",
-        "data.test=null", "log.progress_bar=false", f"work_dir={args.work_dir}", f"tag=gpu_check{time.time_ns()}"])
-    trainer = Trainer(cfg)
-    device = trainer.accelerator.device
-    source = _cached_batches(args, device)
-    target = [{"image": b["image"].flip(-1), "label": None, "name": b["name"]} for b in source]
-    counter = iter(range(10**9))
-
-    def batches() -> dict:
-        i = next(counter) % len(source)
-        return {"source": source[i], **({"target": target[i]} if "target" in trainer.loaders else {})}
-
-    trainer._next_batches = batches
-    stamps: list[float] = []
-    original_end = trainer.method.on_step_end
-
-    def on_step_end(step: int) -> None:
-        original_end(step)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stamps.append(time.perf_counter())
-        if step + 1 == s["warmup"]:
-            _reset_peak(device)
-
-    trainer.method.on_step_end = on_step_end
-    trainer.fit()
-    return {"times": stamps, "peak_mib": _peak_mib(device)}
+    return cached_step(experiment, [f"model.arch={s['arch']}", f"model.tiny={str(s['tiny']).lower()}"], args,
+                       precision="bf16")
 
 
 def dacs_vs_source_only(s: dict, smoke: bool) -> dict:
