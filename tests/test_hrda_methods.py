@@ -33,17 +33,20 @@ def _summary(cfg) -> dict:
     return json.loads((_run_dir(cfg) / "summary.json").read_text())
 
 
-def test_source_only_trains_hrda_with_its_detail_loss(tmp_path, monkeypatch):
-    seen = []
-    original = multires_seg_loss
+def test_source_only_trains_hrda_with_its_detail_loss(tmp_path):
+    from dasuite.engine.loop import Trainer
+    from dasuite.losses import seg_loss
 
-    def spy(output, labels, **kw):
-        seen.append(type(output).__name__)
-        return original(output, labels, **kw)
-
-    monkeypatch.setattr("dasuite.losses.hrda.multires_seg_loss", spy)
-    summary = _summary(tiny_toy_config(tmp_path, *HRDA, max_iters=2))
-    assert seen == ["MultiResOutput", "MultiResOutput"]  # the training forward's output reached the loss
+    cfg = tiny_toy_config(tmp_path, *HRDA, max_iters=2)
+    method = Trainer(cfg).method
+    torch.manual_seed(0)
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 19, (2, 64, 64))
+    output, terms = method.source_losses({"image": images, "label": labels})
+    assert type(output).__name__ == "MultiResOutput"
+    top, left, height, width = output.box
+    detail = seg_loss(output.detail, labels[:, top:top + height, left:left + width])
+    torch.testing.assert_close(terms["loss_seg"], 0.9 * seg_loss(output.fused, labels) + 0.1 * detail)
+    summary = _summary(cfg)
     assert math.isfinite(summary["final"]["mIoU"]) and summary["final"]["iteration"] == 2
 
 
