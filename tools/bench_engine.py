@@ -256,20 +256,38 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def side_result(script: str, extra: list[str], argv: list[str], **run_kw) -> dict:
+    """Run ``script`` with ``extra`` + ``argv`` in a fresh interpreter (so its peak memory is its own) and return
+    the JSON of its last ``RESULT`` line; exit with its stderr when it fails."""
+    proc = subprocess.run([sys.executable, script, *extra, *argv], capture_output=True, text=True, check=False,
+                          **run_kw)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not line:
+        sys.exit(f"{' '.join(extra)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(line[-1][7:])
+
+
 def _per_iter(times: list[float], warmup: int) -> float:
     deltas = [b - a for a, b in zip(times[warmup - 1:], times[warmup:])]
     return statistics.median(deltas)
 
 
+def step_arguments(parser: argparse.ArgumentParser, *, arch: str = "segformer_b0", size: int = 256,
+                   warmup: int = 3, iters: int = 12, tiny: bool = True) -> None:
+    """The options every step benchmark takes: the model, input size, batch, warm-up / measured steps, repeats."""
+    parser.add_argument("--arch", default=arch)
+    if tiny:
+        parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--size", type=int, nargs=2, default=[size, size], metavar=("W", "H"))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--iters", type=int, default=iters)
+    parser.add_argument("--repeats", type=int, default=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="segformer_b0")
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("W", "H"))
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=2)
+    step_arguments(parser)
     parser.add_argument("--work-dir", default="/tmp/dasuite_bench_runs")
     parser.add_argument("--bf16", action="store_true", help="both sides in bf16 autocast (train.mixed_precision)")
     parser.add_argument("--compile", action="store_true", help="both sides torch.compile the model (train.compile)")
@@ -296,12 +314,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {"engine": [], "bare": []}
     for _ in range(args.repeats):
         for side in ("bare", "engine"):
-            cmd = [sys.executable, __file__, "--side", side, *sys.argv[1:]]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode or not line:
-                sys.exit(f"{side} side failed:\n{proc.stderr[-3000:]}")
-            results[side].append(json.loads(line[-1][7:]))
+            results[side].append(side_result(__file__, ["--side", side], sys.argv[1:]))
     sec = {s: min(_per_iter(r["times"], args.warmup) for r in rs) for s, rs in results.items()}
     mem = {s: min(r["peak_mib"] for r in rs) for s, rs in results.items()}
     print(f"model {args.arch}{' (tiny)' if args.tiny else ''}, batch {args.batch}, {args.size[0]}x{args.size[1]}, "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_engine import _cached_batches, _config, _per_iter  # noqa: E402
+from tools.bench_engine import _cached_batches, _config, _per_iter, side_result, step_arguments  # noqa: E402
 
 VARIANTS = {
     "eager": [],
@@ -62,13 +61,7 @@ def run_variant(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="segformer_b0")
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("W", "H"))
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=2)
+    step_arguments(parser, iters=10)
     parser.add_argument("--variants", nargs="+", default=["eager", "compile"], choices=sorted(VARIANTS))
     parser.add_argument("--work-dir", default="/tmp/dasuite_bench_runs")
     parser.add_argument("--side", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
@@ -80,12 +73,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for _ in range(args.repeats):
         for variant in variants:
-            cmd = [sys.executable, __file__, "--side", variant, *sys.argv[1:]]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode or not line:
-                sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-            results[variant].append(json.loads(line[-1][7:]))
+            results[variant].append(side_result(__file__, ["--side", variant], sys.argv[1:]))
             r = results[variant][-1]
             print(f"{variant:>22}: first iteration {r['first_s']:7.1f} s, {r['step_s'] * 1000:8.1f} ms/iter",
                   flush=True)

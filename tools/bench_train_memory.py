@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_engine import _peak_mib, _reset_peak  # noqa: E402
+from tools.bench_engine import _peak_mib, _reset_peak, side_result, step_arguments  # noqa: E402
 
 
 def run_side(args, checkpointing: bool) -> dict:
@@ -67,12 +66,7 @@ def run_side(args, checkpointing: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="segformer_b5")
-    parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("W", "H"))
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    step_arguments(parser, arch="segformer_b5", size=512, warmup=1, iters=2, tiny=False)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (what train.mixed_precision=bf16 does)")
     parser.add_argument("--side", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -82,12 +76,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {"off": [], "on": []}
     for _ in range(args.repeats):
         for side in ("off", "on"):
-            cmd = [sys.executable, __file__, "--side", side, *sys.argv[1:]]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode or not line:
-                sys.exit(f"{side} side failed:\n{proc.stderr[-3000:]}")
-            results[side].append(json.loads(line[-1][7:]))
+            results[side].append(side_result(__file__, ["--side", side], sys.argv[1:]))
             print(f"grad_checkpointing {side:>3}: {results[side][-1]['step_s']:7.2f} s/step, peak "
                   f"{results[side][-1]['peak_mib']:8.1f} MiB", flush=True)
     sec = {s: min(r["step_s"] for r in rs) for s, rs in results.items()}

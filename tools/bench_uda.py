@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_engine import _cached_batches, _peak_mib, _per_iter, _reset_peak  # noqa: E402
+from tools.bench_engine import _cached_batches, _peak_mib, _per_iter, _reset_peak, side_result  # noqa: E402
+from dasuite.fileio import write_json  # noqa: E402
 
 MIC = ["method.masking={weight: 1.0, patch: 64, ratio: 0.7, augment: true}"]
 VARIANTS = {  # name: (experiment under experiments/toy, HRDA?, extra overrides)
@@ -300,16 +300,11 @@ def run_memory(args) -> None:
             print(f"| {precision} | {ckpt} | {e['tensors']:.2f} GiB | {measured:.2f} GiB | "
                   f"{measured / e['tensors']:.3f} | {step:.1f} s, {cpu:.1f} s |", flush=True)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        write_json(results, args.json)
 
 
 def _child(extra: list[str], args) -> dict:
-    cmd = [sys.executable, __file__, *extra, *sys.argv[1:]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-        sys.exit(f"{extra} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(line[-1][7:])
+    return side_result(__file__, extra, sys.argv[1:], cwd=ROOT)
 
 
 def run_speed(args) -> None:
