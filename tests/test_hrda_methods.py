@@ -102,3 +102,73 @@ def test_feature_distance_gives_the_frozen_network_the_context_view(tmp_path):
     assert torch.allclose(terms["loss_fd"], masked_feature_distance(student, expected_frozen, mask))
     assert model.feature_input_scale == 0.5
     assert torch.allclose(terms["loss_seg"], multires_seg_loss(logits, labels))
+
+
+# toy/mic_hrda.yaml (HRDA around SegFormer-B0 with DAFormer's decoder, MIC's masking) shrunk to 64x64 crops
+MIC_HRDA = ["model.options.detail_crop=[32,32]", "method.masking.patch=8", "method.threshold=0.0",
+            "data.source.augment.crop=[64,64]", "data.val.size=[96,64]", "data.test.size=[96,64]", *TARGET,
+            "train.checkpoint_interval=2", "train.eval_interval=2"]
+
+
+def test_mic_hrda_daformer_resumes_exactly(tmp_path, monkeypatch):
+    """The three mechanisms combined: a run interrupted at step 3 and resumed ends with the weights, teacher and
+    metrics of an uninterrupted one."""
+    from dasuite.fileio import load_torch
+    from dasuite.methods.mean_teacher import MeanTeacher
+    from dasuite.rundir import RunDir
+    from tests.conftest import train_interrupted
+
+    full_cfg = tiny_toy_config(tmp_path, *MIC_HRDA, "tag=full", max_iters=4, experiment="mic_hrda.yaml")
+    assert full_cfg.model.options["base_options"] == {"decoder": "daformer"} and full_cfg.method.masking is not None
+    full = train(full_cfg)
+    cut_cfg = tiny_toy_config(tmp_path, *MIC_HRDA, "tag=cut", max_iters=4, experiment="mic_hrda.yaml")
+    train_interrupted(cut_cfg, MeanTeacher, 3, monkeypatch)
+    assert load_torch(RunDir.for_config(cut_cfg).last)["iteration"] == 2
+    resumed = train(cut_cfg, resume=True)
+    a, b = load_torch(RunDir.for_config(full_cfg).last), load_torch(RunDir.for_config(cut_cfg).last)
+    for part in ("model", "method"):
+        flat_a, flat_b = _flatten(a[part]), _flatten(b[part])
+        assert flat_a.keys() == flat_b.keys()
+        for key in flat_a:
+            assert torch.equal(flat_a[key], flat_b[key]), f"{part}.{key} differs after resume"
+    assert resumed["final"]["mIoU"] == full["final"]["mIoU"] and resumed["final"]["iteration"] == 4
+
+
+def _flatten(state, prefix: str = "") -> dict:
+    """Tensors of a nested checkpoint dict by dotted key."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    if isinstance(state, dict):
+        return {k: v for key, value in state.items() for k, v in _flatten(value, f"{prefix}.{key}").items()}
+    return {}
+
+
+@pytest.mark.slow
+def test_mic_hrda_daformer_on_two_processes_then_resumed_on_one(tmp_path):
+    """``torchrun --nproc_per_node 2`` trains MIC(HRDA) with DAFormer's decoder (global batch 4 = 2 x 2), and the
+    run continues on one process with the same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    from dasuite.fileio import load_torch
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1"}
+    base = [str(ROOT / "experiments" / "toy" / "mic_hrda.yaml"), f"work_dir={tmp_path}", *MIC_HRDA,
+            "train.global_batch_size=4", "train.batch_size=2", "train.log_interval=1", "schedule.warmup_iters=0",
+            "data.num_workers=0", "eval.batch_size=2", "data.source.size=[64,48]", "data.source.num_images=8",
+            "data.val.num_images=2", "data.test.num_images=2", "log.progress_bar=false", "log.num_vis_images=0"]
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "-m", "dasuite", "run"]
+    two = subprocess.run([*torchrun, *base, "train.max_iters=2"], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    last = tmp_path / "toy_mic_hrda" / "seed0" / "checkpoints" / "last.pt"
+    state = load_torch(last)
+    assert state["batch"] == {"processes": 2, "micro_batch": 2, "grad_accum": 1} and "teacher" in state["method"]
+    one = subprocess.run([sys.executable, "-m", "dasuite", "run", *base, "train.max_iters=4", "--resume"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    summary = json.loads((last.parent.parent / "summary.json").read_text())
+    assert summary["final"]["iteration"] == 4 and math.isfinite(summary["final"]["mIoU"])
+    assert load_torch(last)["batch"] == {"processes": 1, "micro_batch": 2, "grad_accum": 2}
