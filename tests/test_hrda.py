@@ -281,3 +281,33 @@ def test_options_are_checked() -> None:
             create_model("hrda", K, tiny=True, **{"base": "segformer_b0", **options})
     with pytest.raises(ConfigError, match="multiples of 16"):  # DeepLab-v2: output stride 8 at half resolution
         create_model("hrda", K, tiny=True, base="deeplabv2_r50", detail_crop=[24, 24])
+
+
+def test_teacher_pseudo_labels_with_a_covering_detail_window_are_the_whole_image_ones() -> None:
+    """The mean teacher's pseudo-labels of an HRDA teacher (eval forward: context + sliding detail windows) equal
+    the whole-image fusion's when one detail window covers the image, and follow the windows' average otherwise."""
+    import contextlib
+
+    from dasuite.methods.mean_teacher import MeanTeacher
+
+    def labels_of(teacher: HRDA, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        method = SimpleNamespace(ema=SimpleNamespace(module=teacher),
+                                 accelerator=SimpleNamespace(autocast=contextlib.nullcontext))
+        return MeanTeacher.pseudo_labels(method, images)
+
+    covering = _model(detail_crop=[64, 64]).eval()
+    sliding = copy.deepcopy(covering)
+    sliding.detail_crop = (32, 32)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        small = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+        context, features = covering.base(small, return_features=True)
+        a = torch.sigmoid(covering.attention(features))
+        whole = _up2(a) * covering.base(images) + _up2((1 - a) * context)
+        windows = _up2(a) * sliding.detail_windows(images) + _up2((1 - a) * context)
+    for teacher, logits in ((covering, whole), (sliding, windows)):
+        probs = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False).softmax(1)
+        confidence, labels = labels_of(teacher, images)
+        torch.testing.assert_close(confidence, probs.max(1).values, rtol=0, atol=1e-6)
+        assert torch.equal(labels, probs.argmax(1))
+    assert not torch.allclose(whole, windows, atol=1e-4)  # the windows matter when they do not cover the image
