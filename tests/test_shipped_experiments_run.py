@@ -10,6 +10,11 @@ networks. A file whose dataset, model or method settings do not fit together fai
 Toy files that switch on a method block no other test trains end to end (MIC's ``masking``, DAFormer's decoder,
 HRDA's wrapper) run the same way on the built-in toy data, with fewer evaluation images.
 
+Every file is also shrunk (``shrink_overrides``): decode sizes and crops above 256 pixels a side and sliding
+windows a quarter of their side, at most 2 images a batch, discriminators 8 filters wide. The same wiring runs:
+the eleven heaviest files took 280 s at full size on a busy 2-core machine (1024x1024 SegFormer crops in batches of
+8, 64-filter discriminators on 1280x720 frames) and take 10 s shrunk.
+
 The DAFormer family (``daformer``, ``hrda``, ``mic_*`` under gta5_to_cityscapes/ and synthia_to_cityscapes/, on a
 fake SYNTHIA tree with 16-bit labels) also trains its feature distance, against a tiny frozen MiT-B5 file instead of
 ImageNet weights, at reduced sizes (256-pixel decodes, 128 crops, HRDA's 64 detail crop and 128 windows, RCS
@@ -104,6 +109,37 @@ def frozen_b5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def shrink_overrides(name: str) -> list[str]:
+    """Decode sizes, crops and sliding windows above 256 pixels a side at a quarter of their side, batches of at
+    most 2, discriminators 8 filters wide; nothing else changes."""
+    cfg = load_config(EXPERIMENTS / name, [])
+    out = []
+
+    def quarter(key: str, size) -> None:
+        if size is not None and max(size) > 256:
+            out.append(f"{key}=[{size[0] // 4},{size[1] // 4}]")
+
+    quarter("data.resize", cfg.data.resize)
+    for role in ("source", "target", "val"):
+        entry = getattr(cfg.data, role, None)
+        if entry is not None:
+            quarter(f"data.{role}.resize", getattr(entry, "resize", None))  # a mix's entries take data.resize
+            if role != "val":
+                quarter(f"data.{role}.augment.crop", entry.augment.crop)
+    if cfg.eval.mode == "slide":
+        quarter("eval.crop", cfg.eval.crop)
+        quarter("eval.stride", cfg.eval.stride)
+    if cfg.train.batch_size > 2:
+        out.append("train.batch_size=2")
+        if cfg.train.global_batch_size is not None:
+            out.append("train.global_batch_size=2")
+    for key, value in (("method.ndf", getattr(cfg.method, "ndf", None)),
+                       ("method.adversarial.ndf", getattr(getattr(cfg.method, "adversarial", None), "ndf", None))):
+        if value is not None and value > 8:
+            out.append(f"{key}=8")
+    return out
+
+
 def family_overrides(name: str, frozen: Path) -> list[str]:
     """The DAFormer family's test overrides (module docstring); none for other files."""
     cfg = load_config(EXPERIMENTS / name, [])
@@ -125,7 +161,7 @@ def run_shipped(name: str, data_root: Path, tmp_path: Path, monkeypatch, *overri
 @pytest.mark.parametrize("name", SEGMENTATION)
 def test_shipped_segmentation_experiment_trains_and_evaluates(name, data_root, frozen_b5, tmp_path, monkeypatch):
     extra = family_overrides(name, frozen_b5)
-    run = run_shipped(name, data_root, tmp_path, monkeypatch, *COMMON, *extra)
+    run = run_shipped(name, data_root, tmp_path, monkeypatch, *COMMON, *shrink_overrides(name), *extra)
     summary = json.loads((run / "summary.json").read_text())
     final = summary["final"]
     assert final["iteration"] == 2 and final["num_images"] == 1  # the one Cityscapes val frame
