@@ -4,9 +4,9 @@ datasets in the real layouts.
 The GTA5 -> Cityscapes and Cityscapes pseudo-label files cannot run here on their datasets, so the wiring is checked
 on tiny stand-ins: a GTA5 tree (palette PNG labels), a Cityscapes tree (labelIds + labelTrainIds), a translated
 GTA5 image folder (``cycle_gta5``, as ``dasuite translate`` writes it) and a pseudo-labelled Cityscapes folder (as
-``dasuite pseudo-label`` writes it). Each file runs exactly as shipped (its datasets, resolutions, crops, mixes,
-method options) except: tiny model, no pretrained weights, 2 iterations, no loader workers, and for CycleGAN narrow
-networks. A file whose dataset, model or method settings do not fit together fails here rather than on a GPU node.
+``dasuite pseudo-label`` writes it). Each file runs as shipped (its datasets, mixes, method options, evaluation
+mode) except: tiny model, no pretrained weights, 2 iterations, no loader workers, smaller sizes (below), and for
+CycleGAN narrow networks. A file whose dataset, model or method settings do not fit together fails here rather than on a GPU node.
 Toy files that switch on a method block no other test trains end to end (MIC's ``masking``, DAFormer's decoder,
 HRDA's wrapper) run the same way on the built-in toy data, with fewer evaluation images.
 
