@@ -147,6 +147,10 @@ class OptimConfig(Section):
     lr_reference_batch: Optional[int] = Field(None, gt=0)
     """Linear learning-rate scaling: every learning rate of this optimizer is multiplied by (global batch /
     ``lr_reference_batch``); null = none, ``lr`` is used as written at any batch size and number of processes."""
+    layer_decay: Optional[float] = Field(None, gt=0, le=1)
+    """Layer-wise lr decay d (BEiT, DINOv2 / UniMatch V2 fine-tuning): transformer block i of N gets
+    ``lr * d ** (N - i)``, the embeddings ``d ** (N + 1)``, the head ``lr * head_lr_mult``; only for models that
+    number their layers (``dinov2_*``); null = off."""
 
 
 class TrainConfig(Section):

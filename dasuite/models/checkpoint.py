@@ -49,3 +49,12 @@ def checkpointed(module: nn.Module, *args: Any) -> Any:
 def wants_checkpoint(module: nn.Module, enabled: bool) -> bool:
     """Checkpoint only what a backward pass will follow: training mode with gradients enabled."""
     return enabled and module.training and torch.is_grad_enabled()
+
+
+def transformers_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Switch a transformers ``PreTrainedModel``'s own (non-reentrant) checkpointing of its layers on or off; its
+    layers then checkpoint themselves in training mode (transformers >= 5 ``activation_checkpointing_*`` names)."""
+    if enabled:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.activation_checkpointing_disable()

@@ -2,8 +2,9 @@
 
 ``pretrained`` is one of (nothing is ever downloaded):
 - a ``.pth``/``.pt``/``.bin`` file (read with ``torch.load(weights_only=True)``) or a ``.safetensors`` file;
-- a keyword of the family, e.g. ``imagenet``: the family's usual file names are looked up in the torch hub cache
-  ``$TORCH_HOME/hub/checkpoints/`` (default ``~/.cache/torch/hub/checkpoints/``);
+- a keyword of the family, e.g. ``imagenet`` or ``dinov2``: the family's usual file names (or Hugging Face snapshot
+  folder names) are looked up in the torch hub cache ``$TORCH_HOME/hub/checkpoints/`` (default
+  ``~/.cache/torch/hub/checkpoints/``);
 - a directory: a dasuite run directory (``checkpoints/best.safetensors``, else the ``model`` entry of
   ``checkpoints/last.pt``; the ``checkpoints/`` folder itself also works) or a Hugging Face model directory
   (``save_pretrained`` output: ``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``, sharded
@@ -89,6 +90,8 @@ def resolve_checkpoint(pretrained: str, filenames: CheckpointNames, how_to_get: 
         for name in keywords[pretrained]:
             if (folder / name).is_file():
                 return folder / name
+            if (folder / name).is_dir():  # a Hugging Face snapshot folder kept in the cache (dinov2)
+                return weights_in_directory(folder / name)
         raise DasuiteError(
             f"model.pretrained={pretrained}: none of {', '.join(keywords[pretrained])} found in {folder} "
             f"(the torch hub cache, $TORCH_HOME/hub/checkpoints); {how_to_get}"

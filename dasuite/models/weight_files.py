@@ -1,5 +1,5 @@
-"""The pretrained weight files dasuite's keywords (``model.pretrained: imagenet`` / ``coco``) look for: their public
-source and checksum, and the one-line message a run without weights stops with.
+"""The pretrained weight files dasuite's keywords (``model.pretrained: imagenet`` / ``coco`` / ``dinov2``) look for:
+their public source and checksum, and the one-line message a run without weights stops with.
 
 Torch-free (run planning checks an experiment before anything heavy is imported). ``docs/models.md`` shows the same
 table; ``tests/test_weight_files.py`` checks it against the file names the model modules and torchvision use.
@@ -39,6 +39,17 @@ def _torchvision(name: str, what: str, size_mb: float) -> WeightFile:
 _MIT_SOURCE = ("the links in github.com/NVlabs/SegFormer's README (ImageNet-1K pretrained MiT weights), or the Hugging "
                "Face model nvidia/mit-{v}")
 _DEEPLAB_COCO_URL = "http://vllab.ucmerced.edu/ytsai/CVPR18/DeepLab_resnet_pretrained_init-f81d91e8.pth"
+#: DINOv2 variant -> its Hugging Face model (a snapshot folder named after it also serves ``model.pretrained: dinov2``)
+DINOV2_REPOS = {"s": "facebook/dinov2-small", "b": "facebook/dinov2-base", "l": "facebook/dinov2-large",
+                "g": "facebook/dinov2-giant"}
+_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{v}14/dinov2_vit{v}14_pretrain.pth"
+
+
+def dinov2_names(variant: str) -> tuple[str, str]:
+    """What ``model.pretrained: dinov2`` looks for in the hub cache: the torch-hub file of facebookresearch/dinov2,
+    then a Hugging Face snapshot folder named after the repo (e.g. ``dinov2-base``)."""
+    return f"dinov2_vit{variant}14_pretrain.pth", DINOV2_REPOS[variant].split("/", 1)[1]
+
 
 #: every file a keyword may resolve to, by file name
 FILES: dict[str, WeightFile] = {
@@ -58,6 +69,11 @@ FILES: dict[str, WeightFile] = {
         "MS_DeepLab_resnet_pretrained_COCO_init.pth", "the name several DeepLab-v2 PyTorch ports give their "
         "conversion of the caffe COCO init (not verified to be byte-identical to AdaptSegNet's file)",
         "caffe DeepLab ResNet-101, ImageNet + MS-COCO"),
+    **{dinov2_names(v)[0]: WeightFile(
+        dinov2_names(v)[0], f"{_DINOV2_URL.format(v=v)} (what torch.hub.load('facebookresearch/dinov2', "
+        f"'dinov2_vit{v}14') downloads), or the Hugging Face model {repo} as a folder {dinov2_names(v)[1]}/ "
+        f"(config.json + model.safetensors)", f"DINOv2 ViT-{v.upper() if v != 'g' else 'g'}/14 encoder (LVD-142M)")
+       for v, repo in DINOV2_REPOS.items()},
     "DeepLab_resnet_pretrained_imagenet.pth": WeightFile(
         "DeepLab_resnet_pretrained_imagenet.pth", "ADVENT's releases (github.com/valeoai/ADVENT, 'Pre-trained "
         "models')", "caffe DeepLab ResNet-101, ImageNet only (ADVENT's init)"),
@@ -90,6 +106,8 @@ def recommended(arch: str, options: Optional[Mapping[str, Any]] = None) -> Optio
     if family == "deeplabv3plus":
         return "imagenet", FILES[{"r50": "resnet50-0676ba61.pth", "r101": "resnet101-63fe2227.pth",
                                   "mobilenetv2": "mobilenet_v2-b0353104.pth"}[variant]]
+    if family == "dinov2":
+        return "dinov2", FILES[dinov2_names(variant[3])[0]]
     if family == "deeplabv2":
         if options.get("resnet_style", "torchvision") == "caffe":
             return ("coco", FILES["DeepLab_resnet_pretrained_init-f81d91e8.pth"]) if variant == "r101" else None
@@ -109,6 +127,8 @@ def keyword_files(arch: str, options: Optional[Mapping[str, Any]], keyword: str)
         return (f"mit_{variant}.pth",)
     if family == "deeplabv3plus" and keyword == "imagenet":
         return torchvision.get(variant)
+    if family == "dinov2":
+        return dinov2_names(variant[3]) if keyword == "dinov2" else None
     if family == "deeplabv2":
         if options.get("resnet_style", "torchvision") != "caffe":
             return torchvision.get(variant) if keyword == "imagenet" else None
@@ -124,7 +144,7 @@ def missing_keyword_file(experiment: str, arch: str, options: Optional[Mapping[s
     one is there, or dasuite knows no file for it: the model's own loader then explains)."""
     names = keyword_files(arch, options, keyword)
     folder = hub_checkpoint_dir()
-    if not names or any((folder / name).is_file() for name in names):
+    if not names or any((folder / name).exists() for name in names):  # a file, or a snapshot folder (dinov2)
         return None
     file = FILES[names[0]]
     others = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
