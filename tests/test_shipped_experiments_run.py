@@ -145,10 +145,15 @@ def family_overrides(name: str, frozen: Path) -> list[str]:
     cfg = load_config(EXPERIMENTS / name, [])
     if cfg.feature_distance is None:
         return []
-    rows = cfg.method.pseudo_ignore
     network = f"{{checkpoint: {frozen}, arch: segformer_b5, tiny: true}}"
-    return [*SMALL, *(HRDA_SMALL if cfg.model.arch == "hrda" else []), f"feature_distance.network={network}",
-            f"method.pseudo_ignore={{top: {rows.top // 4}, bottom: {rows.bottom // 4}}}"]
+    out = [*SMALL, *(HRDA_SMALL if cfg.model.arch == "hrda" else []), f"feature_distance.network={network}"]
+    factor = cfg.data.target.resize[0] // 256  # the target decodes at 256 pixels wide here
+    rows, margins = cfg.method.pseudo_ignore, cfg.data.target.augment.pseudo_margins
+    if rows is not None:  # DAFormer's crop rows
+        out.append(f"method.pseudo_ignore={{top: {rows.top // factor}, bottom: {rows.bottom // factor}}}")
+    if margins is not None:  # HRDA's margins of the full image
+        out.append(f"data.target.augment.pseudo_margins=[{','.join(str(m // factor) for m in margins)}]")
+    return out
 
 
 def run_shipped(name: str, data_root: Path, tmp_path: Path, monkeypatch, *overrides: str) -> Path:
@@ -168,6 +173,9 @@ def test_shipped_segmentation_experiment_trains_and_evaluates(name, data_root, f
     assert len(final["iou"]) == CITYSCAPES_CLASSES and math.isfinite(final["mIoU"])
     assert summary["eval_model"] == "student"
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.safetensors").is_file()
+    if "hrda" in name:  # HRDA's pseudo-label margins of the full image, not DAFormer's crop rows
+        used = load_config(run / "config.yaml", [])
+        assert used.data.target.augment.pseudo_margins == (3, 30, 3, 3) and used.method.pseudo_ignore is None
     if extra:  # the DAFormer family trained its feature distance (and MIC its masked loss)
         logged = b"".join(p.read_bytes() for p in (run / "tensorboard").glob("events.*"))  # the logged tags
         assert b"loss_fd" in logged and (b"loss_masked" in logged) == name.split("/")[1].startswith("mic_")

@@ -44,8 +44,8 @@ kornia_filters = lazy_import("kornia.filters")
 kornia_transform = lazy_import("kornia.geometry.transform")
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "ColorJitterConfig", "DeviceAugment", "StrongConfig",
-           "crop_matrix", "denormalize", "denormalize_float", "normalize", "photometric_policy", "warp_images",
-           "warp_labels"]
+           "crop_matrix", "denormalize", "denormalize_float", "normalize", "photometric_policy", "pseudo_valid",
+           "warp_images", "warp_labels"]
 #: Operations of Kornia's policies that move pixels; dropped because the policy only sees the image.
 GEOMETRIC_POLICY_OPS = frozenset({"rotate", "shear_x", "shear_y", "translate_x", "translate_y"})
 
@@ -140,6 +140,17 @@ class AugmentConfig(Section):
     """Colour jitter after the geometric part; null = off, ``true`` or ``{}`` = the defaults."""
     strong: StrongConfig = Field(default_factory=StrongConfig)
     """The image-only photometric part that ``pipeline: strong`` adds."""
+    pseudo_margins: Optional[tuple[int, int, int, int]] = None
+    """(top, bottom, left, right) pixels of the decoded image where pseudo-labels are not trusted (HRDA / MIC:
+    ``[30, 240, 30, 30]`` of 2048x1024 Cityscapes); the role's batches then carry the crop's map of them,
+    ``pseudo_valid`` (the function of that name), which the mean teacher multiplies into the target weights."""
+
+    @field_validator("pseudo_margins")
+    @classmethod
+    def _margins(cls, v: Optional[tuple[int, int, int, int]]) -> Optional[tuple[int, int, int, int]]:
+        if v is not None and min(v) < 0:
+            raise ValueError(f"pseudo_margins must be [top, bottom, left, right] pixels >= 0, got {list(v)}")
+        return v
 
     @field_validator("scale")
     @classmethod
@@ -249,6 +260,18 @@ def warp_labels(labels: torch.Tensor, matrix: torch.Tensor, crop: tuple[int, int
     return torch.where(warped < 0, torch.full_like(warped, IGNORE_INDEX), warped)
 
 
+def pseudo_valid(matrix: torch.Tensor, size: tuple[int, int], crop: tuple[int, int],
+                 margins: tuple[int, int, int, int]) -> torch.Tensor:
+    """Float Bxchxcw map of the crops given by ``crop_matrix`` maps of images of ``size`` (H, W): 1 where the crop
+    pixel comes from inside the image minus ``margins`` (top, bottom, left, right), 0 in the margins and in padding.
+    The box is warped like a label (nearest), so it follows the crop, scale and flip exactly as the labels do."""
+    (h, w), (top, bottom, left, right) = size, margins
+    rows, cols = torch.arange(h, device=matrix.device), torch.arange(w, device=matrix.device)
+    box = ((rows >= top) & (rows < h - bottom)).view(-1, 1) & ((cols >= left) & (cols < w - right)).view(1, -1)
+    warped = warp_labels(box.long().expand(len(matrix), h, w), matrix, crop)
+    return (warped == 1).float()
+
+
 class DeviceAugment:
     """Batched random augmentation built once from an ``AugmentConfig``; see the module docstring."""
 
@@ -262,22 +285,34 @@ class DeviceAugment:
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """images uint8 Bx3xHxW, labels BxHxW (or None) -> (normalised float32 Bx3xh'xw', int64 Bxh'xw' or None),
         where (w', h') is ``crop`` or the input size (no gradient)."""
+        out = self.batch(images, labels)
+        return out["image"], out["label"]
+
+    def batch(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, Optional[torch.Tensor]]:
+        """``{"image", "label"}`` as ``__call__`` returns them, plus the crops' ``pseudo_valid`` map when
+        ``pseudo_margins`` is set."""
         with torch.no_grad():
             return self._augment(images, labels)
 
-    def _augment(
-        self, images: torch.Tensor, labels: Optional[torch.Tensor]
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _augment(self, images: torch.Tensor, labels: Optional[torch.Tensor]) -> dict[str, Optional[torch.Tensor]]:
         x = images.float() / 255.0
         labels = None if labels is None else labels.long()
+        size = (x.shape[-2], x.shape[-1])
+        matrix = torch.eye(2, 3, device=x.device).expand(len(x), 2, 3)  # identity geometry
         if self.cfg.enabled:
             if not self._geometric_identity(x):
-                x, labels = self._geometric(x, labels)
+                matrix = self._matrix(x)
+                crop = self.cfg.crop or (size[1], size[0])
+                x = warp_images(x, matrix, crop)
+                labels = None if labels is None else warp_labels(labels, matrix, crop)
             if self.cfg.color_jitter is not None:
                 x = self._jitter(x, self.cfg.color_jitter)
             if self.cfg.pipeline == "strong":
                 x = self._photometric(x)
-        return _to_normalized(x), labels
+        out = {"image": _to_normalized(x), "label": labels}
+        if self.cfg.pseudo_margins is not None:
+            out["pseudo_valid"] = pseudo_valid(matrix, size, (x.shape[-1], x.shape[-2]), self.cfg.pseudo_margins)
+        return out
 
     def photometric(self, images: torch.Tensor) -> torch.Tensor:
         """The strong pipeline's image-only photometric part (``cfg.strong``, whatever ``cfg.pipeline`` is) on
@@ -313,18 +348,14 @@ class DeviceAugment:
         same_size = c.crop is None or tuple(c.crop) == (x.shape[-1], x.shape[-2])
         return c.scale == (1.0, 1.0) and same_size and c.hflip == 0
 
-    def _geometric(
-        self, x: torch.Tensor, labels: Optional[torch.Tensor]
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Per sample: scale s, flip, crop offsets (``crop_matrix``), one warp of images and labels."""
+    def _matrix(self, x: torch.Tensor) -> torch.Tensor:
+        """Per sample: scale s, flip, crop offsets -> the Bx2x3 ``crop_matrix`` maps of one warp."""
         b, _, h, w = x.shape
-        crop = self.cfg.crop or (w, h)
         dev = x.device
         s = _uniform(*self.cfg.scale, b, dev)
         flip = torch.rand(b, device=dev) < self.cfg.hflip
         u = torch.rand(b, 2, device=dev)
-        matrix = crop_matrix(s, flip, u, (h, w), crop)
-        return warp_images(x, matrix, crop), None if labels is None else warp_labels(labels, matrix, crop)
+        return crop_matrix(s, flip, u, (h, w), self.cfg.crop or (w, h))
 
     @staticmethod
     def _jitter(x: torch.Tensor, cj: ColorJitterConfig) -> torch.Tensor:

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from dasuite.constants import IGNORE_INDEX
 from dasuite.data import build_dataset
-from dasuite.data.augment import AugmentConfig, crop_matrix, warp_images, warp_labels
+from dasuite.data.augment import AugmentConfig, crop_matrix, pseudo_valid, warp_images, warp_labels
 from dasuite.data.base import DatasetConfig, SegDataset
 from dasuite.data.class_stats import ClassStats, class_stats
 from dasuite.data.loaders import InfiniteLoader, InfiniteSampler
@@ -147,8 +147,8 @@ class TrainingData(Dataset):
             raise DasuiteError(f"data.{ruled[0]}.rcs re-draws crops (min_crop_ratio / cat_max_ratio), but "
                                f"data.{role}.augment.enabled is false: there is no random crop to re-draw")
         self.crop_augment = augment if ruled else None
-        self.augment = augment.model_copy(update={"scale": (1.0, 1.0), "crop": None, "hflip": 0.0}) if ruled \
-            else augment
+        on_device = {"scale": (1.0, 1.0), "crop": None, "hflip": 0.0, "pseudo_margins": None}
+        self.augment = augment.model_copy(update=on_device) if ruled else augment
 
     @property
     def num_classes(self) -> int:
@@ -172,8 +172,13 @@ class TrainingData(Dataset):
         label = torch.as_tensor(item["label"])
         matrix, cropped = redrawn_crop(label, cls, self.members[m].crop_rule, self.crop_augment, rng,
                                        self.num_classes)
-        image = warp_images(torch.as_tensor(item["image"])[None].float(), matrix, tuple(cropped.shape[::-1]))[0]
-        return {**item, "image": image, "label": cropped}
+        crop = tuple(cropped.shape[::-1])
+        image = warp_images(torch.as_tensor(item["image"])[None].float(), matrix, crop)[0]
+        item = {**item, "image": image, "label": cropped}
+        margins = self.crop_augment.pseudo_margins
+        if margins is not None:  # the device sees the crop only: its margin map is drawn here with it
+            item["pseudo_valid"] = pseudo_valid(matrix, tuple(label.shape[-2:]), crop, margins)[0]
+        return item
 
     def sampler(self, seed: int, rank: int = 0, world_size: int = 1) -> Union[InfiniteSampler, MixSampler]:
         """The infinite training index stream of process ``rank`` of ``world_size``."""

@@ -337,10 +337,12 @@ class Trainer:
             image = raw["image"].to(self.accelerator.device, non_blocking=True)
             label = raw.get("label")
             label = label.to(self.accelerator.device, non_blocking=True) if label is not None else None
-            image, label = self.augments[role](image, label)
+            batch = self.augments[role].batch(image, label)
+            if "pseudo_valid" in raw:  # drawn in the loader with the crop (data.training)
+                batch["pseudo_valid"] = raw["pseudo_valid"].to(self.accelerator.device, non_blocking=True)
             if self.cfg.train.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            batches[role] = {"image": image, "label": label, "name": raw["name"]}
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            batches[role] = {**batch, "name": raw["name"]}
         return apply_fda(batches, self.cfg.data.fda, self.method.domains)  # identity without data.fda
 
     def fit(self) -> dict:

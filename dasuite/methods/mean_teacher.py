@@ -16,7 +16,9 @@ Each step, with labelled ``source`` and unlabelled ``target`` batches (both alre
    (``both``); pixels labelled 255 count 0. Dividing by all pixels (not the kept ones) follows DACS and UniMatch.
    ``pseudo_ignore: {top, bottom}`` (DAFormer's pseudo-label crop) sets the target weights of the crop's first
    ``top`` and last ``bottom`` rows to 0 (rectification border, ego-car hood) before mixing, so pasted source
-   pixels there keep weight 1; ``q`` still counts all target pixels. ``loss = loss_seg (+ loss_fd) +
+   pixels there keep weight 1; ``q`` still counts all target pixels. ``data.target.augment.pseudo_margins``
+   (HRDA's margins of the full image) multiplies ``w`` by the batch's ``pseudo_valid`` map the same way.
+   ``loss = loss_seg (+ loss_fd) +
    unlabelled_weight * loss_unlabelled``;
 5. optional ``adversarial:`` block (one segmenter trained with the source segmentation loss, an adversarial loss
    on its predictions and the CutMix / FixMatch consistency loss):
@@ -229,6 +231,8 @@ class MeanTeacher(Method):
         rows = self.options.pseudo_ignore
         if rows is not None and (rows.top or rows.bottom):
             weights = ignore_rows(weights, rows.top, rows.bottom)
+        if "pseudo_valid" in target:  # data.target.augment.pseudo_margins, carried through the crop
+            weights = weights * target["pseudo_valid"]
         return pseudo, weights, {"pseudo_confidence": confidence.mean(), "pseudo_kept": kept}
 
     def unlabelled_batch(self, source: Batch, target: Batch,
