@@ -9,10 +9,12 @@ BxKx(H/s)x(W/s) at the model's ``output_stride`` s. ``model(images, return_featu
 - ``decoder``: the decoder feature just before dropout / the final classifier;
 - ``aux_logits``: multi-level models only (DeepLabV2), the auxiliary (layer3) classifier's logits.
 
-Logits are at stride 4 for SegFormer and DeepLabV3+, 8 for DeepLabV2.
+Logits are at stride 4 for SegFormer, DeepLabV3+ and DINOv2 (DPT head), 8 for DeepLabV2, 16 for DINOv2's linear head.
 
 ``feature_channels`` gives each feature's channel count, so KD projectors can be built without a forward pass.
-``head_prefixes`` name the parameters that get the head learning-rate multiplier.
+``head_prefixes`` name the parameters that get the head learning-rate multiplier. Models that number their layers
+(``num_layers`` and ``layer_id(parameter_name)``: 0 = embeddings, i + 1 = block i, ``num_layers`` + 1 = after the
+last block) can be trained with ``optim.layer_decay`` (``dasuite.engine.optim``).
 ``set_grad_checkpointing(True)`` makes training forwards checkpoint the encoder's blocks (``train.grad_checkpointing``;
 ``dasuite.models.checkpoint``): same outputs and gradients, less activation memory, one more forward of the encoder.
 """
