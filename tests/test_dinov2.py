@@ -23,7 +23,6 @@ from dasuite.models.dinov2 import SPECS, TINY_SPECS, dinov2_config, resample
 from tests.conftest import tiny_toy_config
 
 K = 5
-ARCHS = ["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14"]
 
 
 @pytest.fixture(autouse=True)
@@ -49,8 +48,8 @@ def test_any_size_gives_contract_shapes(head: str, size: tuple[int, int]) -> Non
 
 
 def test_padding_leaves_the_image_tokens_of_a_multiple_of_14_alone() -> None:
-    """Padding is at the bottom/right with zeros: the ViT tokens of a 56x42 image equal those of the same image
-    inside a 56x42 input (no resize), and a 50x40 image sees the zero-padded 56x42 image."""
+    """A 50x40 image is zero-padded at the bottom and right to 56x42 (4x3 patches), not resized: its tokens equal
+    those of the explicitly padded image."""
     model = create_model("dinov2_vits14", K, tiny=True).eval()
     image = torch.randn(1, 3, 50, 40)
     padded = torch.nn.functional.pad(image, (0, 2, 0, 6))
