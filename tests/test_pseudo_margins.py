@@ -79,6 +79,18 @@ def test_loader_draws_the_map_with_a_re_drawn_crop():
     on = valid[20].nonzero().flatten()
     assert len(on) > 0 and torch.equal(on, torch.arange(int(on[0]), int(on[-1]) + 1))  # one interval of columns
     assert valid[4:40].eq(valid[20]).all()
+    batch = next(iter(data.loader(batch_size=2, num_workers=0, seed=1)))  # collated with the images
+    assert batch["pseudo_valid"].shape == (2, 48, 32) and torch.equal(batch["pseudo_valid"][0], valid)
+
+
+def test_engine_hands_a_loader_drawn_map_to_the_method(tmp_path):
+    cfg = tiny_toy_config(tmp_path, "data.source.rcs={temperature: 0.1, min_pixels: 30, min_crop_ratio: 1.0}",
+                          "data.source.augment.scale=[1.0,1.0]", "data.source.augment.pseudo_margins=[4,8,6,2]",
+                          max_iters=2)
+    source = Trainer(cfg)._next_batches()["source"]
+    valid = source["pseudo_valid"]
+    assert valid.shape == source["label"].shape == (2, 48, 48)
+    assert valid[:, :4].eq(0).all() and valid[:, 40:].eq(0).all() and valid[:, 4:40].sum() > 0
 
 
 def test_mean_teacher_zeroes_target_weights_outside_the_margins(tmp_path):

@@ -298,7 +298,7 @@ class DeviceAugment:
         x = images.float() / 255.0
         labels = None if labels is None else labels.long()
         size = (x.shape[-2], x.shape[-1])
-        matrix = torch.eye(2, 3, device=x.device).expand(len(x), 2, 3)  # identity geometry
+        matrix: Optional[torch.Tensor] = None  # None: the identity geometry
         if self.cfg.enabled:
             if not self._geometric_identity(x):
                 matrix = self._matrix(x)
@@ -311,6 +311,8 @@ class DeviceAugment:
                 x = self._photometric(x)
         out = {"image": _to_normalized(x), "label": labels}
         if self.cfg.pseudo_margins is not None:
+            if matrix is None:
+                matrix = torch.eye(2, 3, device=x.device).expand(len(x), 2, 3)
             out["pseudo_valid"] = pseudo_valid(matrix, size, (x.shape[-1], x.shape[-2]), self.cfg.pseudo_margins)
         return out
 

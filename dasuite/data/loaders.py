@@ -26,7 +26,8 @@ from dasuite.procs import worker_init
 
 
 def collate_items(items: list[dict], labels_match_images: bool = True) -> dict:
-    """Stack ``image`` (Bx3xHxW) and ``label`` (BxHxW) and list ``name``; sizes must agree within a batch.
+    """Stack ``image`` (Bx3xHxW), ``label`` (BxHxW) and any other per-item tensor, and list ``name``; sizes must
+    agree within a batch.
 
     Training batches need each label at its image's size (``labels_match_images``); evaluation batches keep labels
     at their stored resolution while images may be resized, so there only labels must agree with each other."""
@@ -54,6 +55,8 @@ def collate_items(items: list[dict], labels_match_images: bool = True) -> dict:
     batch: dict[str, Any] = {"image": torch.stack([i["image"] for i in items]), "name": [i["name"] for i in items]}
     if labelled:
         batch["label"] = torch.stack([i["label"] for i in items])
+    for key in first.keys() - {"image", "label", "name"}:  # per-item maps drawn in the loader, e.g. pseudo_valid
+        batch[key] = torch.stack([i[key] for i in items])
     return batch
 
 

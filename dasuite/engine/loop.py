@@ -337,9 +337,9 @@ class Trainer:
             image = raw["image"].to(self.accelerator.device, non_blocking=True)
             label = raw.get("label")
             label = label.to(self.accelerator.device, non_blocking=True) if label is not None else None
-            batch = self.augments[role].batch(image, label)
-            if "pseudo_valid" in raw:  # drawn in the loader with the crop (data.training)
-                batch["pseudo_valid"] = raw["pseudo_valid"].to(self.accelerator.device, non_blocking=True)
+            batch = {**{k: v.to(self.accelerator.device, non_blocking=True) for k, v in raw.items()
+                        if k not in ("image", "label", "name")},  # maps the loader drew with its crop
+                     **self.augments[role].batch(image, label)}
             if self.cfg.train.channels_last:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             batches[role] = {**batch, "name": raw["name"]}
