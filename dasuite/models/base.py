@@ -15,13 +15,16 @@ Logits are at stride 4 for SegFormer, DeepLabV3+ and DINOv2 (DPT head), 8 for De
 ``head_prefixes`` name the parameters that get the head learning-rate multiplier. Models that number their layers
 (``num_layers`` and ``layer_id(parameter_name)``: 0 = embeddings, i + 1 = block i, ``num_layers`` + 1 = after the
 last block) can be trained with ``optim.layer_decay`` (``dasuite.engine.optim``).
+``model(images, perturb=f)`` applies ``f`` to the list of encoder stage features (SegFormer and DeepLab: the 4 stages;
+DINOv2: the token grids of its 4 read-out layers) and decodes what it returns, which may hold more rows than the
+input (a batch with perturbed copies appended: UniMatch's feature-perturbation stream, ``dasuite.methods.unimatch``).
 ``set_grad_checkpointing(True)`` makes training forwards checkpoint the encoder's blocks (``train.grad_checkpointing``;
 ``dasuite.models.checkpoint``): same outputs and gradients, less activation memory, one more forward of the encoder.
 """
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Callable, Union
 
 import torch
 from torch import nn
@@ -30,8 +33,10 @@ from dasuite.errors import ConfigError
 from dasuite.registry import MODELS
 
 ModelOutput = Union[torch.Tensor, tuple[torch.Tensor, dict[str, torch.Tensor]]]
+#: ``model(images, perturb=f)``: ``f`` maps the encoder's stage features to the ones the decoder then runs on.
+Perturb = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
-__all__ = ["MODELS", "ModelOutput", "SegModel"]
+__all__ = ["MODELS", "ModelOutput", "Perturb", "SegModel"]
 
 
 class SegModel(nn.Module):

@@ -24,14 +24,14 @@ freezes only the affine parameters and lets running statistics update in train m
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from dasuite.errors import ConfigError, DasuiteError
-from dasuite.models.base import MODELS, ModelOutput, SegModel
+from dasuite.models.base import MODELS, ModelOutput, Perturb, SegModel
 from dasuite.models.pretrained import CheckpointState, Converted, load_pretrained
 from dasuite.models.resnet import TORCHVISION_RESNET_FILES, caffe_stem_to_normalised_rgb, resnet_backbone
 
@@ -102,8 +102,9 @@ class DeepLabV2(SegModel):
         """Checkpoint the ResNet's blocks in training (``train.grad_checkpointing``); the classifiers are not."""
         self.backbone.grad_checkpointing = enabled
 
-    def forward(self, images: torch.Tensor, return_features: bool = False) -> ModelOutput:
-        stages = self.backbone(images)
+    def forward(self, images: torch.Tensor, return_features: bool = False,
+                perturb: Optional[Perturb] = None) -> ModelOutput:
+        stages = self.backbone(images) if perturb is None else perturb(self.backbone(images))
         logits = self.classifier(stages[3])
         if not return_features:
             return logits

@@ -17,7 +17,7 @@ torchvision ImageNet ``.pth`` files load as they are. The ResNet trunk is ``dasu
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from torchvision.models import MobileNetV2
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.ops.misc import Conv2dNormActivation
 
-from dasuite.models.base import MODELS, ModelOutput, SegModel
+from dasuite.models.base import MODELS, ModelOutput, Perturb, SegModel
 from dasuite.models.checkpoint import checkpointed, wants_checkpoint
 from dasuite.models.pretrained import CheckpointState, Converted, load_pretrained
 from dasuite.models.resnet import TORCHVISION_RESNET_FILES, dilated_stages, resnet_backbone
@@ -130,8 +130,9 @@ class DeepLabV3Plus(SegModel):
         """Checkpoint the backbone's blocks in training (``train.grad_checkpointing``); the head is not."""
         self.backbone.grad_checkpointing = enabled
 
-    def forward(self, images: torch.Tensor, return_features: bool = False) -> ModelOutput:
-        stages = self.backbone(images)
+    def forward(self, images: torch.Tensor, return_features: bool = False,
+                perturb: Optional[Perturb] = None) -> ModelOutput:
+        stages = self.backbone(images) if perturb is None else perturb(self.backbone(images))
         low = self.low_level_project(stages[0])
         context = F.interpolate(self.aspp(stages[3]), size=low.shape[-2:], mode="bilinear", align_corners=False)
         decoder = self.fuse(torch.cat([low, context], dim=1))

@@ -43,7 +43,7 @@ from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
 from dasuite.errors import ConfigError
-from dasuite.models.base import MODELS, ModelOutput, SegModel
+from dasuite.models.base import MODELS, ModelOutput, Perturb, SegModel
 from dasuite.models.checkpoint import transformers_checkpointing
 from dasuite.models.pretrained import CheckpointState, Converted, hub_checkpoint_dir, load_pretrained
 from dasuite.models.weight_files import DINOV2_REPOS, dinov2_names
@@ -264,9 +264,10 @@ class DINOv2Seg(SegModel):
                 out.append(tokens.transpose(1, 2).reshape(images.shape[0], -1, rows, cols))
         return out
 
-    def forward(self, images: torch.Tensor, return_features: bool = False) -> ModelOutput:
+    def forward(self, images: torch.Tensor, return_features: bool = False,
+                perturb: Optional[Perturb] = None) -> ModelOutput:
         height, width = images.shape[-2:]
-        grids = self.encode(images)
+        grids = self.encode(images) if perturb is None else perturb(self.encode(images))
         head = self.decode_head
         if self.head_kind == "dpt":
             native = head.reassemble(grids)

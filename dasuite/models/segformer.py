@@ -30,7 +30,7 @@ from torch import nn
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 from dasuite.errors import ConfigError
-from dasuite.models.base import MODELS, ModelOutput, SegModel
+from dasuite.models.base import MODELS, ModelOutput, Perturb, SegModel
 from dasuite.models.checkpoint import checkpointed, wants_checkpoint
 from dasuite.models.daformer_head import DAFormerHead
 from dasuite.models.pretrained import CheckpointState, Converted, load_pretrained
@@ -211,8 +211,9 @@ class SegFormer(SegModel):
         """``stage1..stage4`` of ``images`` without running the decoder (e.g. a frozen ImageNet encoder's)."""
         return {f"stage{i + 1}": stage for i, stage in enumerate(self.encode(images))}
 
-    def forward(self, images: torch.Tensor, return_features: bool = False) -> ModelOutput:
-        stages = self.encode(images)
+    def forward(self, images: torch.Tensor, return_features: bool = False,
+                perturb: Optional[Perturb] = None) -> ModelOutput:
+        stages = self.encode(images) if perturb is None else tuple(perturb(list(self.encode(images))))
         decoder = self.decode(stages)
         logits = self.decode_head.classifier(self.decode_head.dropout(decoder))
         if not return_features:
