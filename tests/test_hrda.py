@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from dasuite.engine.inference import predict
 from dasuite.errors import ConfigError
 from dasuite.losses.hrda import multires_loss, multires_seg_loss
-from dasuite.losses.segmentation import seg_loss
+from dasuite.losses.segmentation import seg_loss, upsample_to
 from dasuite.models import create_model
 from dasuite.models.hrda import HRDA, ASPPAttention, MLPAttention, MultiResOutput, fuse, sample_detail_box
 
@@ -293,7 +293,8 @@ def test_teacher_pseudo_labels_with_a_covering_detail_window_are_the_whole_image
     def labels_of(teacher: HRDA, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         method = SimpleNamespace(ema=SimpleNamespace(module=teacher),
                                  accelerator=SimpleNamespace(autocast=contextlib.nullcontext))
-        return MeanTeacher.pseudo_labels(method, images)
+        logits = MeanTeacher.teacher_logits(method, images)
+        return upsample_to(logits.float(), images.shape[-2:]).softmax(1).max(1)
 
     covering = _model(detail_crop=[64, 64]).eval()
     sliding = copy.deepcopy(covering)

@@ -125,7 +125,7 @@ def test_mix_and_fixmatch_batches(tmp_path):
     trainer = Trainer(mt_config(tmp_path, *NO_STRONG, experiment="classmix_pseudo.yaml"))
     method, batches = trainer.method, trainer._next_batches()
     source, target = batches["source"], batches["target"]
-    _, pseudo = method.pseudo_labels(target["image"])
+    pseudo, _, _ = method.target_pseudo_labels(target)
     torch.manual_seed(5)
     images, labels, weights, _ = method.unlabelled_batch(source, target)
     torch.manual_seed(5)  # the same draw: the mask the method used

@@ -176,6 +176,24 @@ def ignore_rows(weights: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
     return weights * keep.view(-1, 1).to(weights.dtype)
 
 
+def target_pseudo_labels(logits: torch.Tensor, target: Batch, options: Any,
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(pseudo-labels ``y``, weights ``w``, logged scalars) of the weak target images from a teacher's ``logits``
+    of them: ``c = max softmax``, ``y = argmax`` at the images' resolution; ``w`` per ``options.threshold`` and
+    ``options.confidence`` (``confidence_weights``), zero in the ``options.pseudo_ignore`` rows and, with
+    ``data.target.augment.pseudo_margins``, outside the batch's ``pseudo_valid`` map. No gradient, no host sync."""
+    with torch.no_grad():
+        probs = segmentation.upsample_to(logits.detach().float(), target["image"].shape[-2:]).softmax(1)
+        confidence, pseudo = probs.max(1)
+        weights, kept = confidence_weights(confidence, options.threshold, options.confidence)
+        rows = options.pseudo_ignore
+        if rows is not None and (rows.top or rows.bottom):
+            weights = ignore_rows(weights, rows.top, rows.bottom)
+        if "pseudo_valid" in target:  # data.target.augment.pseudo_margins, carried through the crop
+            weights = weights * target["pseudo_valid"]
+    return pseudo, weights, {"pseudo_confidence": confidence.mean(), "pseudo_kept": kept}
+
+
 def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``sum_p w_p CE_p / P`` over all pixels P of BxHxW ``labels`` (255 counts 0); logits upsampled to labels."""
     logits = segmentation.upsample_to(logits, labels.shape[-2:]).float()
@@ -183,8 +201,55 @@ def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tenso
     return (ce * weights).mean()
 
 
+class TeacherStudent(Method):
+    """A student ``self.model`` and, when ``options.momentum`` is set up by the subclass, its EMA teacher
+    ``self.ema`` (``dasuite.models.ema``): created in ``setup``, moved after every optimizer step, checkpointed,
+    and evaluated instead of the student with ``options.eval_teacher``."""
+
+    uses_ema: bool = True
+
+    def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
+        super().__init__(cfg, num_classes)
+        self.options = cfg.method
+        self.ema: Optional["EMATeacher"] = None
+
+    def setup(self, accelerator: "Accelerator") -> None:
+        super().setup(accelerator)
+        if self.uses_ema:
+            student = accelerator.unwrap_model(self.model)
+            self.ema = ema.EMATeacher(student, self.options.momentum, self.options.momentum_ramp)
+
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The EMA teacher's logits of normalised images (no gradient, the run's autocast)."""
+        with torch.no_grad(), self.accelerator.autocast():
+            return self.ema.module(images)
+
+    def momentum_log(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"ema_momentum": m}`` as a 0-dim tensor on ``like``'s device (no host-to-device copy), or ``{}``."""
+        if self.ema is None:
+            return {}
+        return {"ema_momentum": torch.full((), self.ema.current_momentum(), device=like.device)}
+
+    def on_step_end(self, step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.accelerator.unwrap_model(self.model))
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None and self.options.eval_teacher else self.model
+
+    def eval_model_name(self) -> str:
+        return "teacher" if self.ema is not None and self.options.eval_teacher else "student"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.ema is None else {"teacher": self.ema.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.ema is not None:
+            self.ema.load_state_dict(state["teacher"])
+
+
 @METHODS.register("mean_teacher", config=MeanTeacherConfig)
-class MeanTeacher(Method):
+class MeanTeacher(TeacherStudent):
     """Student ``self.model`` (trained), EMA teacher ``self.ema.module``; losses as in the module docstring."""
 
     domains = ("source", "target")
@@ -202,38 +267,19 @@ class MeanTeacher(Method):
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         self.options: MeanTeacherConfig = cfg.method
-        self.ema: Optional["EMATeacher"] = None
         self.strong = DeviceAugment(AugmentConfig(strong=self.options.strong))
         adv = self.options.adversarial
         self.adversary = None if adv is None else OutputAdversary.from_config(adv, num_classes, cfg.train.max_iters)
 
     def setup(self, accelerator: "Accelerator") -> None:
         super().setup(accelerator)
-        student = accelerator.unwrap_model(self.model)
-        self.ema = ema.EMATeacher(student, self.options.momentum, self.options.momentum_ramp)
         if self.adversary is not None:
             self.adversary.prepare(accelerator)
-
-    def pseudo_labels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher confidence and argmax (both BxHxW at the images' resolution) for normalised Bx3xHxW images."""
-        with torch.no_grad():
-            with self.accelerator.autocast():
-                logits = self.ema.module(images)
-            probs = segmentation.upsample_to(logits.float(), images.shape[-2:]).softmax(1)
-            confidence, labels = probs.max(1)
-        return confidence, labels
 
     def target_pseudo_labels(self, target: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(pseudo-labels ``y``, target weights ``w`` with ``pseudo_ignore`` applied, logged scalars) of the weak
         target images: one teacher forward, shared by the unlabelled and the masked loss."""
-        confidence, pseudo = self.pseudo_labels(target["image"])
-        weights, kept = confidence_weights(confidence, self.options.threshold, self.options.confidence)
-        rows = self.options.pseudo_ignore
-        if rows is not None and (rows.top or rows.bottom):
-            weights = ignore_rows(weights, rows.top, rows.bottom)
-        if "pseudo_valid" in target:  # data.target.augment.pseudo_margins, carried through the crop
-            weights = weights * target["pseudo_valid"]
-        return pseudo, weights, {"pseudo_confidence": confidence.mean(), "pseudo_kept": kept}
+        return target_pseudo_labels(self.teacher_logits(target["image"]), target, self.options)
 
     def unlabelled_batch(self, source: Batch, target: Batch,
                          pseudo: Optional[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = None,
@@ -284,33 +330,26 @@ class MeanTeacher(Method):
             loss_masked = multires.multires_loss(weighted_ce, masked, pseudo, pseudo_weights)
             total = total + self.options.masking.weight * loss_masked
             out["loss_masked"] = loss_masked.detach()
-        momentum = torch.full((), self.ema.current_momentum(), device=loss_seg.device)  # no host-to-device copy
         return {"loss": total, **{k: v.detach() for k, v in source_terms.items()}, "loss_unlabelled": loss_u.detach(),
-                **{k: v.detach() for k, v in log.items()}, "ema_momentum": momentum, **out}
+                **{k: v.detach() for k, v in log.items()}, **self.momentum_log(loss_seg), **out}
 
     def on_step_end(self, step: int) -> None:
-        self.ema.update(self.accelerator.unwrap_model(self.model))
+        super().on_step_end(step)
         if self.adversary is not None:
             self.adversary.step()
-
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.options.eval_teacher else self.model
-
-    def eval_model_name(self) -> str:
-        return "teacher" if self.options.eval_teacher else "student"
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         modules = super().trainable_modules()
         return modules if self.adversary is None else {**modules, "discriminators": self.adversary.modules}
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"teacher": self.ema.state_dict()}
+        state = super().state_dict()
         if self.adversary is not None:
             state["adversary"] = self.adversary.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ema.load_state_dict(state["teacher"])
+        super().load_state_dict(state)
         if self.adversary is not None:
             if "adversary" not in state:
                 raise DasuiteError("the checkpoint has no method.adversarial state (it was trained without the "
