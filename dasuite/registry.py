@@ -1,10 +1,11 @@
-"""Registries of what users pick by name in YAML: methods, models and datasets.
+"""Registries of what users pick by name in YAML: methods, models, datasets and ``distill``'s terms.
 
 A registry knows every name without importing anything: built-in names are read from the ``@<REGISTRY>.register(
 "name", ...)`` decorators in its package's source files (parsed with ``ast``, never executed), third-party names
-from the Python entry points of its group (``dasuite.methods``, ``dasuite.models``, ``dasuite.datasets``; the entry
-point's name is the registered name, its value the module that registers it). A component's module is imported the
-first time its name is used (``get``, ``config``), and the decorator there records the object and its config class.
+from the Python entry points of its group (``dasuite.methods``, ``dasuite.models``, ``dasuite.datasets``,
+``dasuite.distill_terms``; the entry point's name is the registered name, its value the module that registers it). A
+component's module is imported the first time its name is used (``get``, ``config``), and the decorator there
+records the object and its config class.
 So ``dasuite list`` and config validation never import torch for a component that is not used.
 """
 
@@ -199,3 +200,6 @@ def _entry_points(group: str) -> list[tuple[str, str, str]]:
 METHODS: Registry = Registry("method", "dasuite.methods", "dasuite.methods", "METHODS")
 MODELS: Registry = Registry("model", "dasuite.models", "dasuite.models", "MODELS")
 DATASETS: Registry = Registry("dataset", "dasuite.data", "dasuite.datasets", "DATASETS")
+#: The loss terms of ``distill`` (``method.kl``, ``method.cirkd``, ...): one module each in dasuite/methods/kd_terms/.
+DISTILL_TERMS: Registry = Registry("distillation term", "dasuite.methods.kd_terms", "dasuite.distill_terms",
+                                   "DISTILL_TERMS")

@@ -77,6 +77,19 @@ def reference(tmp_path_factory, teacher_run, batch):
     return (off, *student_step(off, batch))
 
 
+def test_terms_come_from_the_registry():
+    """Each registered term is a ``method.<name>`` key (off by default) and a contract-test loss term, added in
+    ``order``; the built-in five keep their order."""
+    from dasuite.registry import DISTILL_TERMS
+
+    assert set(distill.TERMS) == set(DISTILL_TERMS.names())
+    assert distill.TERMS[:5] == ("kl", "at", "sp", "cwd", "freq")
+    fields = distill.DistillConfig.model_fields
+    assert all(fields[name].default is None and fields[name].description.endswith("null = off.")
+               for name in distill.TERMS)
+    assert [t.name for t in distill.Distill.loss_terms][1:-1] == list(distill.TERMS)
+
+
 def test_all_off_equals_plain_cross_entropy(reference, batch):
     off, losses, grads = reference
     assert off.active == [] and off.extra_modules() == ()

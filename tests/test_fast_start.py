@@ -58,10 +58,10 @@ def test_commands_answer_without_heavy_imports(args, code, says):
 def test_every_registered_component_module_imports_light():
     code = """
 import json, sys
-from dasuite.registry import DATASETS, METHODS
-for registry in (METHODS, DATASETS):
+from dasuite.registry import DATASETS, DISTILL_TERMS, METHODS
+for registry in (METHODS, DATASETS, DISTILL_TERMS):
     for name in registry.names():
-        registry.config(name)
+        registry.get(name)
 from dasuite.config.schema import ExperimentConfig
 print(json.dumps(sorted(m for m in %r if m in sys.modules)))
 """ % (HEAVY,)
@@ -75,9 +75,9 @@ def test_registries_find_every_decorated_component_statically():
     import importlib
     import pkgutil
 
-    from dasuite.registry import DATASETS, METHODS, MODELS, scan_package
+    from dasuite.registry import DATASETS, DISTILL_TERMS, METHODS, MODELS, scan_package
 
-    for registry in (METHODS, MODELS, DATASETS):
+    for registry in (METHODS, MODELS, DATASETS, DISTILL_TERMS):
         package = importlib.import_module(registry.package)
         for info in pkgutil.iter_modules(package.__path__):
             importlib.import_module(f"{registry.package}.{info.name}")
