@@ -206,6 +206,19 @@ def test_subset_file_round_trip(tmp_path):
         read_subset_file(path, names, "data.target")
 
 
+def test_subset_file_reads_unimatch_split_lines(tmp_path):
+    """UniMatch's split lists hold an image path and a label path per line; the image's file name selects it."""
+    names = ["aachen_000000_000019_leftImg8bit.png", "bochum_000000_000313_leftImg8bit.png", "x_leftImg8bit.png"]
+    path = tmp_path / "labeled.txt"
+    path.write_text("leftImg8bit/train/bochum/bochum_000000_000313_leftImg8bit.png "
+                    "gtFine/train/bochum/bochum_000000_000313_gtFine.png\n"
+                    "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png gtFine/train/aachen/a.png\n")
+    assert read_subset_file(path, names, "data.source").tolist() == [0, 1]
+    path.write_text("leftImg8bit/train/ulm/ulm_000001_leftImg8bit.png gtFine/train/ulm/ulm_000001_gtFine.png\n")
+    with pytest.raises(DasuiteError, match="ulm_000001_leftImg8bit.png"):
+        read_subset_file(path, names, "data.source")
+
+
 # ------------------------------------------------------------------------------------- statistics, config
 def toy_config(*overrides):
     return load_config(TOY, ["data.num_workers=0", *overrides])

@@ -158,14 +158,16 @@ def class_balanced_subset(pixels: np.ndarray, n: int, seed: int, quota: Optional
 
 
 def read_subset_file(path: Path, names: Sequence[str], where: str) -> np.ndarray:
-    """Indices (sorted) of the image names listed in ``path`` (one per line, ``#`` comments) among ``names``."""
+    """Indices (sorted) of the image names listed in ``path`` (one per line, ``#`` comments) among ``names``. A line's
+    first whitespace-separated field is the name; a path there (UniMatch's split lists: ``leftImg8bit/train/<city>/
+    <name> gtFine/...``) counts by its file name when the whole path is not a name."""
     try:
         lines = path.read_text().splitlines()
     except OSError as e:
         raise DasuiteError(f"{where}.subset.file: cannot read {str(path)!r}: {e.strerror or e}") from None
-    listed = [line.split("#", 1)[0].strip() for line in lines]
-    listed = [name for name in listed if name]
     position = {name: i for i, name in enumerate(names)}
+    fields = [line.split("#", 1)[0].split() for line in lines]
+    listed = [f[0] if f[0] in position else f[0].rsplit("/", 1)[-1] for f in fields if f]
     missing = [name for name in listed if name not in position]
     if missing:
         raise DasuiteError(f"{where}.subset.file {str(path)!r}: {len(missing)} listed image(s) are not in the dataset "
