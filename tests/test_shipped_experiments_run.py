@@ -1,4 +1,4 @@
-"""The shipped GTA5 -> Cityscapes, flagship and pseudo-label experiments train and evaluate end to end on fake
+"""The shipped GTA5 -> Cityscapes, flagship, pseudo-label and Cityscapes semi-supervised experiments train and evaluate end to end on fake
 datasets in the real layouts.
 
 The GTA5 -> Cityscapes and Cityscapes pseudo-label files cannot run here on their datasets, so the wiring is checked
@@ -62,6 +62,12 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_synthia_frame(root / "synthia", f"{i:07d}", synthia_ids)  # 64 x 36, 16-bit RGB labels
     for split, city in (("train", "aachen"), ("train", "bremen"), ("val", "lindau")):
         write_frame(root / "cityscapes", split, city, f"{city}_000000_000019", np.roll(BANDS, 8, axis=0))
+    for split in ("1_16", "1_8", "1_4", "1_2"):  # UniMatch's split lists (image path, label path per line)
+        lists = root / "unimatch_splits" / "cityscapes" / split
+        lists.mkdir(parents=True)
+        for kind, city in (("labeled", "aachen"), ("unlabeled", "bremen")):
+            stem = f"leftImg8bit/train/{city}/{city}_000000_000019"
+            (lists / f"{kind}.txt").write_text(f"{stem}_leftImg8bit.png gtFine/train/{city}/{city}_gtFine.png\n")
     pseudo = root / "pseudo" / "cityscapes_train"
     for i, stem in enumerate(("aachen_000000_000019", "bremen_000000_000019")):
         save_rgb(pseudo / "images" / f"{stem}.png", 100 + 50 * i, shape=(36, 64))
@@ -79,7 +85,8 @@ SEGMENTATION = sorted(
     name for name in (str(p.relative_to(EXPERIMENTS)) for p in [
         *(EXPERIMENTS / "gta5_to_cityscapes").glob("*.yaml"), *(EXPERIMENTS / "synthia_to_cityscapes").glob("*.yaml"),
         EXPERIMENTS / "cutmix_pseudo.yaml",
-        *(EXPERIMENTS / "cityscapes").glob("pseudo_label_*.yaml"), *(EXPERIMENTS / "cityscapes").glob("segformer_*.yaml")])
+        *(EXPERIMENTS / "cityscapes").glob("pseudo_label_*.yaml"), *(EXPERIMENTS / "cityscapes").glob("segformer_*.yaml"),
+        *(EXPERIMENTS / "cityscapes").glob("unimatch_*.yaml")])
     if name != CYCLEGAN)
 # toy files with MIC's masked image consistency, DAFormer's decoder or HRDA (a new one is covered without editing
 # this list)
@@ -158,6 +165,7 @@ def family_overrides(name: str, frozen: Path) -> list[str]:
 
 def run_shipped(name: str, data_root: Path, tmp_path: Path, monkeypatch, *overrides: str) -> Path:
     monkeypatch.setenv("DASUITE_DATA", str(data_root))
+    monkeypatch.setenv("UNIMATCH_SPLITS", str(data_root / "unimatch_splits"))
     cfg = load_config(EXPERIMENTS / name, [f"work_dir={tmp_path / 'runs'}", *overrides])
     train(cfg)
     return tmp_path / "runs" / cfg.name / "seed0"
