@@ -277,11 +277,17 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(head: str) -> None
 # --- training through the method families ---------------------------------------------------------------------------
 TINY_DINOV2 = ["model.arch=dinov2_vits14", "model.tiny=true", "log.tensorboard=false", "data.test=null"]
 TARGET = ["data.target.size=[64,48]", "data.target.num_images=16", "data.target.augment.crop=[48,48]"]
+UNLABELLED = "data.target={name: toy, domain: real, split: train, size: [64, 48], num_images: 16, augment: {crop: [48, 48]}}"
 FAMILIES = {  # experiment, overrides, losses every step must log
     "source_only": ("source_only.yaml", [], {"loss_seg"}),
     "mean_teacher_mic": ("cutmix_pseudo.yaml", [*TARGET, "method.threshold=0.0", "method.masking={patch: 14}"],
                          {"loss_seg", "loss_unlabelled", "loss_masked"}),
     "adaptsegnet": ("adaptsegnet.yaml", TARGET, {"loss_seg", "loss_adv_main"}),
+    "unimatch": ("source_only.yaml", [UNLABELLED, "method={name: unimatch, threshold: 0.0}"],
+                 {"loss_seg", "loss_strong1", "loss_strong2", "loss_fp"}),
+    "unimatch_v2": ("source_only.yaml", [UNLABELLED, "method={name: unimatch, threshold: 0.0, teacher: ema, "
+                    "strong_weight: 0.5, fp_weight: 0.0, comp_drop: true, partners: flip}"],
+                    {"loss_seg", "loss_strong1", "loss_strong2"}),
     "hrda_source_only": ("source_only.yaml", ["model.arch=hrda", "model.options={base: dinov2_vits14, detail_crop: "
                                               "[32, 32]}", "data.source.augment.crop=[64,64]"], {"loss_seg"}),
 }
