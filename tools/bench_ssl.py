@@ -113,9 +113,9 @@ def main() -> None:
     if args.json:
         from dasuite.fileio import write_json
 
-        write_json(args.json, {"wall_s": wall, "cpu_s": cpu, **ratios,
-                               "spread": {v: statistics.pstdev([_per_iter(r["cpu_times"], args.warmup) for r in rs])
-                                          for v, rs in runs.items()}})
+        write_json({"wall_s": wall, "cpu_s": cpu, **ratios,
+                    "spread": {v: statistics.pstdev([_per_iter(r["cpu_times"], args.warmup) for r in rs])
+                               for v, rs in runs.items()}}, args.json)
     print(" ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
 
 
