@@ -43,6 +43,13 @@ _DEEPLAB_COCO_URL = "http://vllab.ucmerced.edu/ytsai/CVPR18/DeepLab_resnet_pretr
 DINOV2_REPOS = {"s": "facebook/dinov2-small", "b": "facebook/dinov2-base", "l": "facebook/dinov2-large",
                 "g": "facebook/dinov2-giant"}
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{v}14/dinov2_vit{v}14_pretrain.pth"
+_CIRKD_DRIVE = "https://drive.google.com/file/d/{}/view (CIRKD v1 README, github.com/winycg/CIRKD commit 91735ef)"
+#: DeepLabV3 (CIRKD) variant -> keyword -> hub-cache names (``dasuite.models.deeplabv3.WEIGHT_FILES``)
+CIRKD_FILES = {
+    "r18": {"imagenet": ("resnet18-imagenet.pth",)},
+    "r101": {"imagenet": ("resnet101-imagenet.pth",), "cityscapes": ("deeplabv3_resnet101_citys_best_model.pth",)},
+    "mobilenetv2": {"imagenet": ("mobilenetv2-imagenet.pth", "mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth")},
+}
 
 
 def dinov2_names(variant: str) -> tuple[str, str]:
@@ -77,6 +84,19 @@ FILES: dict[str, WeightFile] = {
     "DeepLab_resnet_pretrained_imagenet.pth": WeightFile(
         "DeepLab_resnet_pretrained_imagenet.pth", "ADVENT's releases (github.com/valeoai/ADVENT, 'Pre-trained "
         "models')", "caffe DeepLab ResNet-101, ImageNet only (ADVENT's init)"),
+    "resnet18-imagenet.pth": WeightFile(
+        "resnet18-imagenet.pth", "https://github.com/winycg/CIRKD/releases/download/backbonev0.1/resnet18-imagenet.pth",
+        "deep-stem ResNet-18 (v1s), ImageNet: CIRKD's student backbone"),
+    "resnet101-imagenet.pth": WeightFile(
+        "resnet101-imagenet.pth", _CIRKD_DRIVE.format("1V8-E4wm2VMsfnNiczSIDoSM7JJBMARkP"),
+        "deep-stem ResNet-101 (v1s), ImageNet: CIRKD's teacher backbone"),
+    "mobilenetv2-imagenet.pth": WeightFile(
+        "mobilenetv2-imagenet.pth", _CIRKD_DRIVE.format("12EDZjDSCuIpxPv-dkk1vrxA7ka0b0Yjv"),
+        "MobileNetV2 (CSAIL naming), ImageNet: CIRKD's student backbone"),
+    "deeplabv3_resnet101_citys_best_model.pth": WeightFile(
+        "deeplabv3_resnet101_citys_best_model.pth", _CIRKD_DRIVE.format("1zUdhYPYCDCclWU3Wo7GbbTlM8ibQ_UC1"),
+        "CIRKD's DeepLabV3-R101 Cityscapes teacher (78.07 val mIoU; 256-channel head; CIRKDv2's GitHub release of "
+        "the same name: head_channels=512)"),
 }
 
 
@@ -103,6 +123,8 @@ def recommended(arch: str, options: Optional[Mapping[str, Any]] = None) -> Optio
     family, _, variant = arch.partition("_")
     if family == "segformer":
         return "imagenet", FILES[f"mit_{variant}.pth"]
+    if family == "deeplabv3" and variant in CIRKD_FILES:
+        return "imagenet", FILES[CIRKD_FILES[variant]["imagenet"][0]]
     if family == "deeplabv3plus":
         return "imagenet", FILES[{"r50": "resnet50-0676ba61.pth", "r101": "resnet101-63fe2227.pth",
                                   "mobilenetv2": "mobilenet_v2-b0353104.pth"}[variant]]
@@ -127,6 +149,8 @@ def keyword_files(arch: str, options: Optional[Mapping[str, Any]], keyword: str)
         return (f"mit_{variant}.pth",)
     if family == "deeplabv3plus" and keyword == "imagenet":
         return torchvision.get(variant)
+    if family == "deeplabv3":
+        return CIRKD_FILES.get(variant, {}).get(keyword)
     if family == "dinov2":
         return dinov2_names(variant[3]) if keyword == "dinov2" else None
     if family == "deeplabv2":
