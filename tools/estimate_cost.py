@@ -80,6 +80,10 @@ SETTINGS = [
     Setting("kd/cityscapes_r101_to_mbv2_stage1.yaml (each stage)", "deeplabv3plus_mobilenetv2", [(768, 768, 16)],
             30_000, frozen=[("deeplabv3plus_r101", (768, 768, 16))]),
     Setting("cityscapes/segformer_b0.yaml", "segformer_b0", [(1024, 1024, 8)], 160_000, copies=4),
+    Setting("cityscapes/unimatch_r101_1of16.yaml (1/8, 1/4, 1/2: 78k, 67k, 44k iterations)", "deeplabv3plus_r101",
+            [(801, 801, 32)], 83_520, {"output_stride": 16}),
+    Setting("cityscapes/unimatch_v2_dinov2_b_1of16.yaml (1/8, 1/4, 1/2: 59k, 50k, 33k iterations)", "dinov2_vitb14",
+            [(798, 798, 24)], 62_640, copies=4, frozen=[("dinov2_vitb14", (798, 798, 8))]),
     Setting("daformer_anchor (not an experiment: DAFormer's step, for the throughput)", "segformer_b5",
             [(512, 512, 4)], 40_000, {"decoder": "daformer"}, copies=4, frozen=[("segformer_b5", (512, 512, 2)), ("segformer_b5", (512, 512, 2))]),
 ]
