@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from dasuite.constants import IMAGENET_MEAN, IMAGENET_STD
 from dasuite.errors import ConfigError, DasuiteError
 from dasuite.models import create_model, model_options
 from dasuite.models.deeplabv3 import DeepLabV3
@@ -189,6 +190,10 @@ def _cirkd_key(key: str, mobile: bool, expanded: set[str]) -> str:
     return "pretrained.net." + ".".join(parts)
 
 
+_STEM = {"resnet": ("backbone.conv1.weight", "backbone.bn1.running_mean"),
+         "mobile": ("backbone.features.0.0.weight", "backbone.features.0.1.running_mean")}
+
+
 def _cirkd_state(model: DeepLabV3) -> dict[str, torch.Tensor]:
     mobile = not hasattr(model.backbone, "layer1")
     expanded = {n.split(".")[2] for n in model.state_dict() if ".conv.1.0." in n and n.startswith("backbone.")}
@@ -215,11 +220,39 @@ def test_cirkd_segmentation_checkpoint_loads_every_tensor(arch: str, tmp_path) -
     ours = loaded.state_dict()
     mobile = arch.endswith("mobilenetv2")
     expanded = {n.split(".")[2] for n in ours if ".conv.1.0." in n and n.startswith("backbone.")}
+    stem = _STEM["mobile" if mobile else "resnet"]
     for key, value in ours.items():
-        assert torch.equal(value, state[_cirkd_key(key, mobile, expanded)]), key
+        if key not in stem:  # the stem is adapted to dasuite's input: test_trained_cirkd_model_sees_the_same_image
+            assert torch.equal(value, state[_cirkd_key(key, mobile, expanded)]), key
     if not mobile:  # the teacher without its aux head: auxlayer is dropped, the rest loads
         plain = create_model(arch, K, tiny=True, pretrained=str(tmp_path / "cirkd.pth"))
         assert plain.aux_head is None and torch.equal(plain.classifier.weight, state["head.block.4.weight"])
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3_r18", "deeplabv3_mobilenetv2"])
+def test_trained_cirkd_model_sees_the_same_image(arch: str, tmp_path) -> None:
+    """CIRKD trains on BGR 0..255 minus the caffe mean pixel (104.008, 116.669, 122.679); loaded into dasuite, whose
+    input is normalised RGB, a CIRKD segmenter must compute the same logits from the same picture."""
+    model = create_model(arch, K, tiny=True)
+    mobile = arch.endswith("mobilenetv2")
+    expanded = {n.split(".")[2] for n in model.state_dict() if ".conv.1.0." in n and n.startswith("backbone.")}
+    state = {k: v.abs() + 0.5 if k.endswith("running_var") else v * 0.5 for k, v in _cirkd_state(model).items()}
+    torch.save(state, tmp_path / "cirkd.pth")
+    as_cirkd = create_model(arch, K, tiny=True).eval()  # CIRKD's function: its tensors, its input convention
+    as_cirkd.load_state_dict({k: state[_cirkd_key(k, mobile, expanded)] for k in as_cirkd.state_dict()})
+    loaded = create_model(arch, K, tiny=True, pretrained=str(tmp_path / "cirkd.pth")).eval()
+    picture = torch.rand(2, 3, 50, 70) * 255  # RGB 0..255
+    normalised = (picture / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1)
+    caffe = picture.flip(1) - torch.tensor([104.00698793, 116.66876762, 122.67891434]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected, ours = as_cirkd(caffe), loaded(normalised)
+        unadapted = as_cirkd(normalised)
+    scale = expected.abs().max()
+    error = (ours - expected).abs().max()
+    # the conventions' zero paddings are mean pixels ~1 grey level apart, hence not 0 (relative 4e-5 .. 1.3e-3 here)
+    assert scale > 0 and error < 1e-2 * scale
+    assert (unadapted - expected).abs().max() > 50 * error  # without the adaptation: another function
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -41,7 +41,7 @@ from dasuite.errors import ConfigError, DasuiteError
 from dasuite.models.base import MODELS, ModelOutput, Perturb, SegModel
 from dasuite.models.deeplabv3plus import ASPP_RATES, TINY_MBV2_SETTING, TINY_MBV2_WIDTH, MobileNetV2Backbone
 from dasuite.models.pretrained import CheckpointState, Converted, load_pretrained
-from dasuite.models.resnet import dilated_stages, resnet_backbone
+from dasuite.models.resnet import caffe_stem_to_normalised_rgb, dilated_stages, resnet_backbone
 from dasuite.models.weight_files import CIRKD_FILES, FILES
 
 #: CIRKD v1's head width per backbone (ASPP and bottleneck channels); tiny models use TINY_HEAD
@@ -167,7 +167,12 @@ def convert_cirkd_checkpoint(state: Mapping[str, torch.Tensor], model: DeepLabV3
     ``layer*`` keys plus ``fc.*``; CSAIL-style MobileNetV2 ``features.*``) and torchvision's MobileNetV2 ImageNet
     file. A checkpoint with ``backbone.*`` keys is already in dasuite naming. Dropped (reported): ImageNet classifiers
     (``fc``, ``classifier``), MobileNetV2's last 1x1 conv (``features.18``), and ``auxlayer`` when the model has no
-    ``aux`` head. A head of another width than the model's is refused with the ``head_channels`` value to set."""
+    ``aux`` head. A head of another width than the model's is refused with the ``head_channels`` value to set.
+
+    CIRKD trains on BGR images in 0..255 minus the caffe mean pixel (its ``dataset/*.py``), so a trained segmenter's
+    first conv and BN (``conv1``/``bn1``, MobileNetV2 ``features.0``) are turned into the same function of dasuite's
+    normalised RGB input (``resnet.caffe_stem_to_normalised_rgb``; exact except within 1 px of the border). ImageNet
+    backbone files are taken as they are: CSAIL's and torchvision's were trained on normalised RGB."""
     if any(key.startswith("backbone.") for key in state):
         return Converted(dict(state), [], {})
     width = state.get("head.aspp.b0.0.weight")
@@ -192,6 +197,11 @@ def convert_cirkd_checkpoint(state: Mapping[str, torch.Tensor], model: DeepLabV3
         dropped += beyond
         named = {k: new for k, new in named.items() if k not in beyond}
     converted = {new: state[key] for key, new in named.items()}
+    stem = ("backbone.features.0.0.weight", "backbone.features.0.1.running_mean")
+    if not isinstance(model.backbone, MobileNetV2Backbone):
+        stem = ("backbone.conv1.weight", "backbone.bn1.running_mean")
+    if any(key.startswith("head.") for key in state) and all(key in converted for key in stem):
+        converted[stem[0]], converted[stem[1]] = caffe_stem_to_normalised_rgb(converted[stem[0]], converted[stem[1]])
     return Converted(converted, dropped, {new: key for key, new in named.items()})
 
 
