@@ -53,3 +53,38 @@ def train_interrupted(cfg, method_cls, crash_step: int, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     monkeypatch.setattr(method_cls, "training_step", original)
+
+
+#: small-run settings of ``two_processes_then_one`` (global batch 4: 2 processes x 2, then 1 x 2 x 2 accumulation)
+TWO_PROCESS_RUN = [
+    "train.global_batch_size=4", "train.batch_size=2", "train.log_interval=1", "schedule.warmup_iters=0",
+    "data.num_workers=0", "eval.batch_size=2", "data.source.size=[64,48]", "data.source.num_images=8",
+    "data.val.num_images=2", "data.test.num_images=2", "log.progress_bar=false", "log.num_vis_images=0"]
+
+
+def two_processes_then_one(base: list[str], run_dir: Path) -> dict:
+    """``torchrun --nproc_per_node 2 -m dasuite run`` of ``base`` for 2 iterations, then ``--resume`` on one process
+    to 4 with the same global batch (``base`` sets ``train.global_batch_size``); the resumed run's summary."""
+    import json
+    import subprocess
+    import sys
+
+    from dasuite.fileio import load_torch
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1"}
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "-m", "dasuite", "run"]
+    two = subprocess.run([*torchrun, *base, "train.max_iters=2"], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.pt"
+    state = load_torch(last)
+    assert state["batch"]["processes"] == 2 and state["batch"]["grad_accum"] == 1
+    one = subprocess.run([sys.executable, "-m", "dasuite", "run", *base, "train.max_iters=4", "--resume"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    after = load_torch(last)["batch"]
+    assert after["processes"] == 1 and after["grad_accum"] == 2 * state["batch"]["grad_accum"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"]["iteration"] == 4
+    return {"summary": summary, "two_processes_state": state}
+

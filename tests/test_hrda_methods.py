@@ -147,28 +147,9 @@ def _flatten(state, prefix: str = "") -> dict:
 def test_mic_hrda_daformer_on_two_processes_then_resumed_on_one(tmp_path):
     """``torchrun --nproc_per_node 2`` trains MIC(HRDA) with DAFormer's decoder (global batch 4 = 2 x 2), and the
     run continues on one process with the same global batch."""
-    import os
-    import subprocess
-    import sys
+    from tests.conftest import ROOT, TWO_PROCESS_RUN, two_processes_then_one
 
-    from dasuite.fileio import load_torch
-    from tests.conftest import ROOT
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1"}
-    base = [str(ROOT / "experiments" / "toy" / "mic_hrda.yaml"), f"work_dir={tmp_path}", *MIC_HRDA,
-            "train.global_batch_size=4", "train.batch_size=2", "train.log_interval=1", "schedule.warmup_iters=0",
-            "data.num_workers=0", "eval.batch_size=2", "data.source.size=[64,48]", "data.source.num_images=8",
-            "data.val.num_images=2", "data.test.num_images=2", "log.progress_bar=false", "log.num_vis_images=0"]
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "-m", "dasuite", "run"]
-    two = subprocess.run([*torchrun, *base, "train.max_iters=2"], capture_output=True, text=True, cwd=ROOT, env=env,
-                         timeout=900)
-    assert two.returncode == 0, two.stderr[-3000:]
-    last = tmp_path / "toy_mic_hrda" / "seed0" / "checkpoints" / "last.pt"
-    state = load_torch(last)
-    assert state["batch"] == {"processes": 2, "micro_batch": 2, "grad_accum": 1} and "teacher" in state["method"]
-    one = subprocess.run([sys.executable, "-m", "dasuite", "run", *base, "train.max_iters=4", "--resume"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
-    assert one.returncode == 0, one.stderr[-3000:]
-    summary = json.loads((last.parent.parent / "summary.json").read_text())
-    assert summary["final"]["iteration"] == 4 and math.isfinite(summary["final"]["mIoU"])
-    assert load_torch(last)["batch"] == {"processes": 1, "micro_batch": 2, "grad_accum": 2}
+    base = [str(ROOT / "experiments" / "toy" / "mic_hrda.yaml"), f"work_dir={tmp_path}", *MIC_HRDA, *TWO_PROCESS_RUN]
+    out = two_processes_then_one(base, tmp_path / "toy_mic_hrda" / "seed0")
+    assert out["two_processes_state"]["batch"] == {"processes": 2, "micro_batch": 2, "grad_accum": 1}
+    assert "teacher" in out["two_processes_state"]["method"] and math.isfinite(out["summary"]["final"]["mIoU"])

@@ -200,31 +200,12 @@ def test_clear_errors(tmp_path):
 def test_two_processes_then_resumed_on_one(tmp_path, method):
     """``torchrun --nproc_per_node 2`` trains UniMatch (global batch 4 per role = 2 x 2) and the run continues on one
     process with the same global batch."""
-    import json
     import math
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    from tests.conftest import ROOT
+    from tests.conftest import ROOT, TWO_PROCESS_RUN, two_processes_then_one
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1"}
     base = [str(ROOT / "experiments" / "toy" / "source_only.yaml"), f"work_dir={tmp_path}", f"method={method}",
             "data.target={name: toy, domain: real, split: train, size: [64, 48], num_images: 8, "
-            "augment: {crop: [48, 48]}}", "data.source.augment.crop=[48,48]",
-            "train.global_batch_size=4", "train.batch_size=2", "train.log_interval=1", "schedule.warmup_iters=0",
-            "data.num_workers=0", "eval.batch_size=2", "data.source.size=[64,48]", "data.source.num_images=8",
-            "data.val.num_images=2", "data.test.num_images=2", "log.progress_bar=false", "log.num_vis_images=0"]
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "-m", "dasuite", "run"]
-    two = subprocess.run([*torchrun, *base, "train.max_iters=2"], capture_output=True, text=True, cwd=ROOT, env=env,
-                         timeout=900)
-    assert two.returncode == 0, two.stderr[-3000:]
-    last = tmp_path / "toy_source_only" / "seed0" / "checkpoints" / "last.pt"
-    assert load_torch(last)["batch"] == {"processes": 2, "micro_batch": 2, "grad_accum": 1}
-    one = subprocess.run([sys.executable, "-m", "dasuite", "run", *base, "train.max_iters=4", "--resume"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
-    assert one.returncode == 0, one.stderr[-3000:]
-    summary = json.loads((last.parent.parent / "summary.json").read_text())
-    assert summary["final"]["iteration"] == 4 and math.isfinite(summary["final"]["mIoU"])
-    assert load_torch(last)["batch"] == {"processes": 1, "micro_batch": 2, "grad_accum": 2}
+            "augment: {crop: [48, 48]}}", "data.source.augment.crop=[48,48]", *TWO_PROCESS_RUN]
+    out = two_processes_then_one(base, tmp_path / "toy_source_only" / "seed0")
+    assert math.isfinite(out["summary"]["final"]["mIoU"])

@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_engine import _per_iter, side_result  # noqa: E402
-from tools.bench_uda import _bench_args, method_step  # noqa: E402
+from tools.bench_engine import _per_iter, side_result, step_arguments  # noqa: E402
+from tools.bench_uda import method_step  # noqa: E402
 
 TARGET = "data.target={name: toy, domain: real, split: train, size: [64, 48], num_images: 4}"
 VARIANTS = {  # name: (labelled batch multiple, overrides)
@@ -66,8 +66,8 @@ def unbatched_step(self, batches: dict, step: int) -> dict:
 
 def run_side(args) -> dict:
     multiple, overrides = VARIANTS[args.side]
-    bench = _bench_args(args, args.size)
-    bench.batch = args.batch * multiple
+    bench = argparse.Namespace(arch=args.arch, tiny=args.tiny, size=tuple(args.size), batch=args.batch * multiple,
+                               warmup=args.warmup, iters=args.iters, work_dir=args.work_dir)
     if args.side == "unimatch_unbatched":
         from dasuite.methods.unimatch import UniMatch
 
@@ -78,20 +78,14 @@ def run_side(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="segformer_b0")
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--size", type=int, default=256, help="square crops")
-    parser.add_argument("--batch", type=int, default=2, help="per role")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=2)
+    step_arguments(parser, warmup=2, iters=6)
     parser.add_argument("--smoke", action="store_true", help="tiny settings (a test of the script)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--work-dir", default="/tmp/dasuite_bench_runs")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
-        args.tiny, args.size, args.warmup, args.iters, args.repeats = True, 64, 1, 2, 1
+        args.tiny, args.size, args.warmup, args.iters, args.repeats = True, [64, 64], 1, 2, 1
     if args.side:
         print("RESULT " + json.dumps(run_side(args)))
         return
@@ -101,7 +95,7 @@ def main() -> None:
             runs[variant].append(side_result(__file__, ["--side", variant], sys.argv[1:]))
     wall = {v: min(_per_iter(r["times"], args.warmup) for r in rs) for v, rs in runs.items()}
     cpu = {v: min(_per_iter(r["cpu_times"], args.warmup) for r in rs) for v, rs in runs.items()}
-    print(f"model {args.arch}{' (tiny)' if args.tiny else ''}, {args.size}x{args.size}, batch {args.batch} per role, "
+    print(f"model {args.arch}{' (tiny)' if args.tiny else ''}, {args.size[0]}x{args.size[1]}, batch {args.batch} per role, "
           f"{args.iters} measured iterations x {args.repeats} repeats, {runs['supervised'][0]['threads']} threads")
     for v in VARIANTS:
         print(f"{v:>20}: {wall[v] * 1000:8.1f} ms/iter wall {cpu[v] * 1000:8.1f} ms/iter CPU "

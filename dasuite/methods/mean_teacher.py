@@ -71,10 +71,16 @@ segmentation = lazy_import("dasuite.losses.segmentation")
 multires = lazy_import("dasuite.losses.hrda")
 
 
+def jitter_blur(strength: float, hue: float, grayscale: float, sigma: tuple[float, float]) -> StrongConfig:
+    """A strong view of colour jitter (brightness, contrast, saturation ``strength``; ``hue``; p 0.8), grayscale with
+    probability ``grayscale`` and Gaussian blur (p 0.5, ``sigma`` range), no policy."""
+    jitter = ColorJitterConfig(brightness=strength, contrast=strength, saturation=strength, hue=hue, p=0.8)
+    return StrongConfig(policy=None, color_jitter=jitter, grayscale=grayscale, blur=0.5, blur_sigma=sigma)
+
+
 def _dacs_strong() -> StrongConfig:
     """DACS / DAFormer's strong augmentation: colour jitter 0.2 (p 0.8) and Gaussian blur (p 0.5, sigma 0.15-1.15)."""
-    jitter = ColorJitterConfig(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2, p=0.8)
-    return StrongConfig(policy=None, color_jitter=jitter, grayscale=0.0, blur=0.5, blur_sigma=(0.15, 1.15))
+    return jitter_blur(0.2, 0.2, 0.0, (0.15, 1.15))
 
 
 class CutMixConfig(Section):

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Literal, Optional
 
 from pydantic import Field
 
-from dasuite.data.augment import AugmentConfig, ColorJitterConfig, DeviceAugment, StrongConfig
+from dasuite.data.augment import AugmentConfig, DeviceAugment, StrongConfig
 from dasuite.errors import ConfigError
 from dasuite.lazy import lazy_import
 from dasuite.methods.base import FEATURE_DISTANCE_TERM, METHODS, Batch, LossTerm
-from dasuite.methods.mean_teacher import (CutMixConfig, PseudoIgnoreConfig, TeacherStudent, target_pseudo_labels,
-                                          weighted_ce)
+from dasuite.methods.mean_teacher import (CutMixConfig, PseudoIgnoreConfig, TeacherStudent, jitter_blur,
+                                          target_pseudo_labels, weighted_ce)
 from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
@@ -51,8 +51,7 @@ data_mix = lazy_import("dasuite.data.mix")
 
 def _unimatch_strong() -> StrongConfig:
     """UniMatch's strong views: colour jitter 0.5/0.5/0.5/0.25 (p 0.8), grayscale p 0.2, blur p 0.5 (sigma 0.1-2)."""
-    jitter = ColorJitterConfig(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8)
-    return StrongConfig(policy=None, color_jitter=jitter, grayscale=0.2, blur=0.5, blur_sigma=(0.1, 2.0))
+    return jitter_blur(0.5, 0.25, 0.2, (0.1, 2.0))
 
 
 class UniMatchConfig(Section):
