@@ -161,6 +161,7 @@ class UniMatch(TeacherStudent):
         if self.options.eval_teacher and not self.uses_ema:
             raise ConfigError("method.eval_teacher: true needs method.teacher: ema (teacher: self has no EMA copy)")
         self.strong = DeviceAugment(AugmentConfig(strong=self.options.strong))
+        self._fp_streams: dict[int, "Perturb"] = {}  # one callable per labelled batch size: stable under torch.compile
 
     def strong_views(self, images: torch.Tensor, pseudo: torch.Tensor, weights: torch.Tensor,
                      ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -180,7 +181,7 @@ class UniMatch(TeacherStudent):
         fp = o.fp_weight > 0
         want_features = self.feature_distance is not None
         if fp or not self.uses_ema:  # labelled and weak images in one forward, the fp rows appended
-            perturb = channel_dropout(n, o.fp_dropout) if fp else None
+            perturb = self._fp_streams.setdefault(n, channel_dropout(n, o.fp_dropout)) if fp else None
             out = self.model(torch.cat((source["image"], target["image"])), return_features=want_features,
                              perturb=perturb)
         else:
