@@ -325,3 +325,20 @@ def test_short_toy_training_run_through_the_cli(tmp_path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
     assert summary["final"] is not None
+
+
+def test_source_only_aux_weight_needs_an_aux_head(tmp_path) -> None:
+    from dasuite.methods import METHODS
+    from tests.conftest import tiny_toy_config
+
+    cfg = tiny_toy_config(tmp_path, "model.arch=deeplabv3_r18", "method.name=source_only",
+                          "method.seg_weight_aux=0.4")
+    with pytest.raises(ConfigError, match=r"seg_weight_aux=0.4 needs auxiliary logits.*model.options.aux=true"):
+        METHODS.get("source_only")(cfg, K)
+    cfg = tiny_toy_config(tmp_path, "model.arch=deeplabv3_r18", "model.options={aux: true}",
+                          "method.name=source_only", "method.seg_weight_aux=0.4")
+    method = METHODS.get("source_only")(cfg, K)
+    images, labels = torch.randn(2, 3, 48, 48), torch.randint(0, K, (2, 48, 48))
+    losses = method.training_step({"source": {"image": images, "label": labels}}, 0)
+    assert set(losses) == {"loss", "loss_seg", "loss_seg_aux"}
+    torch.testing.assert_close(losses["loss"], losses["loss_seg"] + 0.4 * losses["loss_seg_aux"])

@@ -86,7 +86,8 @@ SEGMENTATION = sorted(
         *(EXPERIMENTS / "gta5_to_cityscapes").glob("*.yaml"), *(EXPERIMENTS / "synthia_to_cityscapes").glob("*.yaml"),
         EXPERIMENTS / "cutmix_pseudo.yaml",
         *(EXPERIMENTS / "cityscapes").glob("pseudo_label_*.yaml"), *(EXPERIMENTS / "cityscapes").glob("segformer_*.yaml"),
-        *(EXPERIMENTS / "cityscapes").glob("unimatch_*.yaml")])
+        *(EXPERIMENTS / "cityscapes").glob("unimatch_*.yaml"),
+        *(EXPERIMENTS / "cityscapes").glob("deeplabv3_*.yaml")])
     if name != CYCLEGAN)
 # toy files with MIC's masked image consistency, DAFormer's decoder or HRDA (a new one is covered without editing
 # this list)

@@ -172,7 +172,8 @@ def convert_cirkd_checkpoint(state: Mapping[str, torch.Tensor], model: DeepLabV3
     CIRKD trains on BGR images in 0..255 minus the caffe mean pixel (its ``dataset/*.py``), so a trained segmenter's
     first conv and BN (``conv1``/``bn1``, MobileNetV2 ``features.0``) are turned into the same function of dasuite's
     normalised RGB input (``resnet.caffe_stem_to_normalised_rgb``; exact except within 1 px of the border). ImageNet
-    backbone files are taken as they are: CSAIL's and torchvision's were trained on normalised RGB."""
+    backbone files are taken as they are: torchvision's, and by name and layout CSAIL's, which CIRKD's are, were
+    trained on normalised RGB."""
     if any(key.startswith("backbone.") for key in state):
         return Converted(dict(state), [], {})
     width = state.get("head.aspp.b0.0.weight")
