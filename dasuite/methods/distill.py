@@ -1,6 +1,7 @@
 """``distill``: teacher -> student knowledge distillation on labelled ``source`` batches.
 
-Total loss = ``task_weight * CE`` + the sum of the configured terms, each ``weight * term`` and each logged as
+Total loss = ``task_weight * CE`` (+ ``seg_weight_aux * CE`` of an auxiliary head, logged unweighted as
+``loss_seg_aux``) + the sum of the configured terms, each ``weight * term`` and each logged as
 ``loss_<term>`` (``loss_seg`` for CE; terms may log raw parts, e.g. ``loss_freq_low``), plus ``loss_fd`` with the
 experiment's ``feature_distance`` section (``Method.source_terms``). The terms are the ``DISTILL_TERMS`` registry:
 one module each in ``dasuite/methods/kd_terms/`` (``kl``, ``at``, ``sp``, ``cwd``, ``freq``, ``cirkd``), each a
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 torch = lazy_import("torch")
 kd_modules = lazy_import("dasuite.methods.kd_terms.modules")
+segmentation = lazy_import("dasuite.losses.segmentation")
 
 __all__ = ["TERMS", "DistillConfig", "Distill", "FeaturePair"]
 
@@ -53,6 +55,9 @@ class _DistillBase(Section):
     """The frozen teacher: exactly one of ``run``, ``checkpoint`` + ``arch`` or ``pretrained`` + ``arch``."""
     task_weight: float = Field(1.0, ge=0)
     """Weight of the student's cross-entropy on ``data.source``."""
+    seg_weight_aux: float = Field(0.0, ge=0)
+    """Weight of the cross-entropy on the student's ``aux_logits`` (DeepLabV3 with ``aux: true``; CIRKD: 0.4 for its
+    ResNet students); 0 = none."""
 
 
 def _term_classes() -> dict[str, type[DistillTerm]]:
@@ -83,16 +88,22 @@ class Distill(Method):
     domains = ("source",)
     loss_terms = (
         LossTerm("task", "task_weight", on=1.0),
+        LossTerm("seg_aux", "seg_weight_aux", on=0.4, context={"model.arch": "deeplabv3_r18",
+                                                               "model.options": {"aux": True}}),
         *(LossTerm(name, name, on=cls.contract_on, off=None, reaches=cls.reaches)
           for name, cls in TERM_CLASSES.items()),
         FEATURE_DISTANCE_TERM,
     )
-    toy_overrides = {"method.teacher": TOY_TEACHER}
+    toy_overrides = {"method.teacher": TOY_TEACHER,
+                     **{f"method.{name}": cls.contract_on for name, cls in TERM_CLASSES.items() if cls.in_toy_run}}
     shared_source_losses = True
 
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         self.options = cfg.method
+        if self.options.seg_weight_aux > 0 and "aux_logits" not in self.model.feature_channels:
+            raise ConfigError(f"method.seg_weight_aux={self.options.seg_weight_aux} needs auxiliary logits, which model "
+                              f"{cfg.model.arch!r} does not produce: use a DeepLabV3 with model.options.aux=true")
         self.teacher, self.teacher_source = build_frozen_model(self.options.teacher, cfg, num_classes, "method.teacher")
         self.teacher_checksum = float(sum(p.double().abs().sum() for p in self.teacher.state_dict().values()
                                           if p.is_floating_point()))
@@ -132,6 +143,9 @@ class Distill(Method):
         logits, features = self.source_forward(batch["image"], features=True)
         losses = self.source_terms(batch, logits, features)
         total = self.options.task_weight * losses["loss_seg"] + sum(v for k, v in losses.items() if k != "loss_seg")
+        if self.options.seg_weight_aux > 0:
+            losses["loss_seg_aux"] = segmentation.seg_loss(features["aux_logits"], batch["label"])
+            total = total + self.options.seg_weight_aux * losses["loss_seg_aux"]
         if self.terms:
             with torch.no_grad(), self.accelerator.autocast():
                 t_logits, t_features = self.teacher(batch["image"], return_features=True)

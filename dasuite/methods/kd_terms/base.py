@@ -41,8 +41,10 @@ class DistillTerm:
 
     Class attributes declare it: ``config`` (its section), ``order`` (terms are added in ascending order, then by
     name), ``contract_on``/``reaches`` (``method.<name>: contract_on`` must change the gradient of ``reaches`` in
-    ``tests/test_method_contract.py``), ``projector`` (a 1x1 student -> teacher conv per pair whose widths differ,
-    trained with the student) and ``resize_teacher`` (teacher tensors resized bilinearly to the student's size).
+    ``tests/test_method_contract.py``), ``in_toy_run`` (``contract_on`` is also on in the contract test's toy runs of
+    ``distill``, whose resume must be exact: for terms with state), ``projector`` (a 1x1 student -> teacher conv per
+    pair whose widths differ, trained with the student) and ``resize_teacher`` (teacher tensors resized bilinearly to
+    the student's size).
     The default ``loss`` sums ``pair_loss`` over ``pairs()``; a term with more structure overrides ``loss``,
     ``modules`` (trained layers of its own), ``setup`` and ``state_dict``/``load_state_dict`` (checkpointed state).
     """
@@ -51,6 +53,7 @@ class DistillTerm:
     order: ClassVar[int] = 100
     contract_on: ClassVar[dict[str, Any]] = {"weight": 1.0}
     reaches: ClassVar[tuple[str, ...]] = ("model",)
+    in_toy_run: ClassVar[bool] = False
     projector: ClassVar[bool] = False
     resize_teacher: ClassVar[bool] = True
 
