@@ -7,6 +7,7 @@ GTA5 image folder (``cycle_gta5``, as ``dasuite translate`` writes it) and a pse
 ``dasuite pseudo-label`` writes it). Each file runs as shipped (its datasets, mixes, method options, evaluation
 mode) except: tiny model, no pretrained weights, 2 iterations, no loader workers, smaller sizes (below), and for
 CycleGAN narrow networks. A file whose dataset, model or method settings do not fit together fails here rather than on a GPU node.
+KD files (``kd/cityscapes_cirkd_*``) distil from a random tiny network of their teacher's arch instead of a teacher run.
 Toy files that switch on a method block no other test trains end to end (MIC's ``masking``, DAFormer's decoder,
 HRDA's wrapper) run the same way on the built-in toy data, with fewer evaluation images.
 
@@ -87,7 +88,8 @@ SEGMENTATION = sorted(
         EXPERIMENTS / "cutmix_pseudo.yaml",
         *(EXPERIMENTS / "cityscapes").glob("pseudo_label_*.yaml"), *(EXPERIMENTS / "cityscapes").glob("segformer_*.yaml"),
         *(EXPERIMENTS / "cityscapes").glob("unimatch_*.yaml"),
-        *(EXPERIMENTS / "cityscapes").glob("deeplabv3_*.yaml")])
+        *(EXPERIMENTS / "cityscapes").glob("deeplabv3_*.yaml"),
+        *(EXPERIMENTS / "kd").glob("cityscapes_cirkd_*.yaml")])
     if name != CYCLEGAN)
 # toy files with MIC's masked image consistency, DAFormer's decoder or HRDA (a new one is covered without editing
 # this list)
@@ -164,6 +166,22 @@ def family_overrides(name: str, frozen: Path) -> list[str]:
     return out
 
 
+def teacher_overrides(name: str, tmp_path: Path) -> list[str]:
+    """A KD file's teacher (a run directory) replaced by a random tiny network of its arch; none for other files."""
+    cfg = load_config(EXPERIMENTS / name, [])
+    teacher = getattr(cfg.method, "teacher", None)
+    if teacher is None or teacher.run is None:
+        return []
+    from safetensors.torch import save_file
+
+    from dasuite.models import create_model
+
+    path = tmp_path / "teacher.safetensors"
+    save_file(create_model(teacher.arch, CITYSCAPES_CLASSES, tiny=True, **(teacher.options or {})).state_dict(),
+              str(path))
+    return [f"method.teacher={{checkpoint: {path}, arch: {teacher.arch}, tiny: true}}"]
+
+
 def run_shipped(name: str, data_root: Path, tmp_path: Path, monkeypatch, *overrides: str) -> Path:
     monkeypatch.setenv("DASUITE_DATA", str(data_root))
     monkeypatch.setenv("UNIMATCH_SPLITS", str(data_root / "unimatch_splits"))
@@ -175,7 +193,8 @@ def run_shipped(name: str, data_root: Path, tmp_path: Path, monkeypatch, *overri
 @pytest.mark.parametrize("name", SEGMENTATION)
 def test_shipped_segmentation_experiment_trains_and_evaluates(name, data_root, frozen_b5, tmp_path, monkeypatch):
     extra = family_overrides(name, frozen_b5)
-    run = run_shipped(name, data_root, tmp_path, monkeypatch, *COMMON, *shrink_overrides(name), *extra)
+    run = run_shipped(name, data_root, tmp_path, monkeypatch, *COMMON, *shrink_overrides(name), *extra,
+                      *teacher_overrides(name, tmp_path))
     summary = json.loads((run / "summary.json").read_text())
     final = summary["final"]
     assert final["iteration"] == 2 and final["num_images"] == 1  # the one Cityscapes val frame
