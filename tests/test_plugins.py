@@ -1,5 +1,5 @@
 """Third-party components: a package that declares entry points in the groups ``dasuite.methods``,
-``dasuite.models`` and ``dasuite.datasets`` is found by ``dasuite list`` and trained with by ``dasuite run``, with
+``dasuite.models``, ``dasuite.datasets`` and ``dasuite.distill_terms`` is found by ``dasuite list`` and trained with by ``dasuite run``, with
 no change to dasuite (the package is "installed" by putting it and its ``.dist-info`` on ``PYTHONPATH``)."""
 
 from __future__ import annotations
@@ -94,6 +94,32 @@ class DemoToy(ToyDataset):
     """Toy scenes."""
 '''
 
+TERM = '''
+"""demo_l2: mean squared difference of the logits (a plugin distillation term of ``distill``)."""
+from pydantic import Field
+
+from dasuite.methods.kd_terms import DISTILL_TERMS, DistillTerm, FeaturePair
+from dasuite.schema_base import Section
+
+
+class DemoL2Config(Section):
+    weight: float = Field(1.0, ge=0)
+    """Weight of the term."""
+
+
+@DISTILL_TERMS.register("demo_l2")
+class DemoL2(DistillTerm):
+    """Mean squared difference of the logits."""
+
+    config = DemoL2Config
+
+    def pairs(self):
+        return [FeaturePair(student="logits", teacher="logits")]
+
+    def pair_loss(self, s, t, batch, log):
+        return (s.float() - t).pow(2).mean()
+'''
+
 
 @pytest.fixture
 def plugin(tmp_path) -> dict[str, str]:
@@ -102,7 +128,7 @@ def plugin(tmp_path) -> dict[str, str]:
     package = site / "dasuite_demo_plugin"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    for name, text in (("method", METHOD), ("model", MODEL), ("dataset", DATASET)):
+    for name, text in (("method", METHOD), ("model", MODEL), ("dataset", DATASET), ("term", TERM)):
         (package / f"{name}.py").write_text(textwrap.dedent(text))
     info = site / "dasuite_demo_plugin-0.1.dist-info"
     info.mkdir()
@@ -110,7 +136,8 @@ def plugin(tmp_path) -> dict[str, str]:
     (info / "entry_points.txt").write_text(
         "[dasuite.methods]\ndemo_weighted_ce = dasuite_demo_plugin.method\n\n"
         "[dasuite.models]\ndemo_convnet = dasuite_demo_plugin.model\n\n"
-        "[dasuite.datasets]\ndemo_toy = dasuite_demo_plugin.dataset\n")
+        "[dasuite.datasets]\ndemo_toy = dasuite_demo_plugin.dataset\n\n"
+        "[dasuite.distill_terms]\ndemo_l2 = dasuite_demo_plugin.term\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "OMP_NUM_THREADS": "1"}
     return env
 
@@ -141,6 +168,25 @@ def test_dasuite_run_trains_with_a_plugin_method_model_and_dataset(plugin, tmp_p
     assert summary["best"]["iteration"] == 2 and summary["best"]["num_images"] == 2
     config = (tmp_path / "runs" / "toy_source_only" / "seed0" / "config.yaml").read_text()
     assert "demo_weighted_ce" in config and "demo_convnet" in config and "weight: 3.0" in config
+
+
+def test_dasuite_run_distils_with_a_plugin_term(plugin, tmp_path):
+    """``method.demo_l2`` exists because the plugin registers the term: no change to distill."""
+    from safetensors.torch import save_file
+
+    from dasuite.models import create_model
+
+    teacher = tmp_path / "teacher.safetensors"
+    save_file(create_model("segformer_b2", 19, tiny=True).state_dict(), str(teacher))
+    out = _dasuite(
+        plugin, "run", str(ROOT / "experiments" / "kd" / "toy_b2_to_b0.yaml"), f"work_dir={tmp_path / 'runs'}",
+        f"method.teacher={{checkpoint: {teacher}, arch: segformer_b2, tiny: true}}", "method.kl=null",
+        "method.freq=null", "method.demo_l2={weight: 0.5}", "data.source.size=[48,32]", "data.source.num_images=4",
+        "data.source.augment.crop=[32,32]", "data.val=null", "data.test=null", "train.max_iters=2",
+        "train.batch_size=2", "data.num_workers=0", "log.progress_bar=false", "log.tensorboard=false")
+    assert out.returncode == 0, out.stdout + out.stderr
+    config = (tmp_path / "runs" / "kd_toy_b2_to_b0" / "seed0" / "config.yaml").read_text()
+    assert "demo_l2:" in config and "weight: 0.5" in config
 
 
 def test_plugin_config_errors_name_the_key(plugin):
