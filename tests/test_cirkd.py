@@ -93,6 +93,17 @@ def test_memory_losses_by_hand():
     assert zero.item() == 0.0 and s.grad is not None
 
 
+def test_losses_compute_in_float32_under_autocast():
+    gen = torch.Generator().manual_seed(4)
+    s, t = torch.randn(2, 3, 4, 5, generator=gen), torch.randn(2, 6, 4, 5, generator=gen)
+    labels = torch.randint(0, 3, (2, 4, 5), generator=gen)
+    keys = F.normalize(torch.randn(7, 6, generator=gen), dim=1)
+    plain = (cirkd.minibatch_loss(s, t), *cirkd.memory_losses(t, t * 2, labels, keys, keys))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = (cirkd.minibatch_loss(s, t), *cirkd.memory_losses(t, t * 2, labels, keys, keys))
+    assert all(a.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-6) for a, b in zip(plain, mixed))
+
+
 @pytest.mark.parametrize("pixels_from", ["class", "cirkd_code"])
 def test_select_keys(pixels_from):
     gen = torch.Generator().manual_seed(3)

@@ -57,13 +57,14 @@ def _row_kl(s_query: torch.Tensor, s_keys: torch.Tensor, t_query: torch.Tensor, 
     """``KL(softmax(scale * t_q t_k^T) || softmax(scale * s_q s_k^T))`` per row (query x keys^T over the last axis,
     keys broadcast over leading dims), written ``sum p_T log p_T - scale * (p_T s_k) . s_q + logsumexp(z_S)`` so
     that the student side costs one logsumexp over the big matrix (the teacher's side is detached)."""
-    with torch.no_grad():
-        log_t = F.log_softmax(torch.matmul(t_query * scale, t_keys.transpose(-1, -2)), dim=-1)
-        p_t = log_t.exp()
-        entropy_term = torch.einsum("...k,...k->...", p_t, log_t)
-    pulled = torch.matmul(p_t, s_keys)  # sum_k p_T[k] s_k (a student tensor in the mini-batch term)
-    z_s = torch.matmul(s_query * scale, s_keys.transpose(-1, -2))  # the scale on the small factor, not the product
-    return entropy_term - scale * (pulled * s_query).sum(-1) + torch.logsumexp(z_s, dim=-1)
+    with torch.autocast(s_query.device.type, enabled=False):  # float32 products also under mixed precision
+        with torch.no_grad():
+            log_t = F.log_softmax(torch.matmul(t_query * scale, t_keys.transpose(-1, -2)), dim=-1)
+            p_t = log_t.exp()
+            entropy_term = torch.einsum("...k,...k->...", p_t, log_t)
+        pulled = torch.matmul(p_t, s_keys)  # sum_k p_T[k] s_k (a student tensor in the mini-batch term)
+        z_s = torch.matmul(s_query * scale, s_keys.transpose(-1, -2))  # the scale on the small factor
+        return entropy_term - scale * (pulled * s_query).sum(-1) + torch.logsumexp(z_s, dim=-1)
 
 
 def memory_losses(student_embed: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, pixel_keys: torch.Tensor,
