@@ -14,7 +14,7 @@ from dasuite.cli import main
 from dasuite.config import load_config
 from dasuite.engine.runs import PlannedRun, check_initial_weights, missing_weights
 from dasuite.errors import ConfigError, DasuiteError
-from dasuite.models.weight_files import FILES, hub_checkpoint_dir, keyword_files, recommended
+from dasuite.models.weight_files import FILES, hub_checkpoint_dir, keyword_files, pretrained_files, recommended
 from tests.conftest import ROOT
 
 EXPERIMENTS = ROOT / "experiments"
@@ -24,16 +24,14 @@ CAMVID_B0 = EXPERIMENTS / "camvid" / "segformer_b0.yaml"
 def test_table_agrees_with_the_model_modules_and_torchvision() -> None:
     import torchvision.models as tvm
 
-    from dasuite.models import deeplabv2, deeplabv3plus, resnet
+    from dasuite.models import deeplabv2, deeplabv3, deeplabv3plus, dinov2, segformer
 
-    for variant, names in resnet.TORCHVISION_RESNET_FILES.items():
-        assert keyword_files(f"deeplabv2_{variant}", {}, "imagenet") == names
-        assert keyword_files(f"deeplabv3plus_{variant}", {}, "imagenet") == names
-    assert keyword_files("deeplabv3plus_mobilenetv2", {}, "imagenet") == deeplabv3plus._TORCHVISION_FILES["mobilenetv2"]
-    for keyword, names in deeplabv2.CAFFE_FILES["r101"].items():
+    for module in (deeplabv2, deeplabv3, deeplabv3plus, dinov2, segformer):  # the loaders' own declarations
+        for arch, keywords in module.PRETRAINED_FILES["archs"].items():
+            assert pretrained_files(arch, {}) == keywords
+    for keyword, names in deeplabv2.PRETRAINED_FILES["options"]["resnet_style"]["caffe"]["deeplabv2_r101"].items():
         assert keyword_files("deeplabv2_r101", {"resnet_style": "caffe"}, keyword) == names
     assert keyword_files("deeplabv2_r50", {"resnet_style": "caffe"}, "imagenet") is None
-    assert 'f"mit_{variant}.pth"' in Path(__import__("dasuite.models.segformer", fromlist=["x"]).__file__).read_text()
     for v in ("b0", "b1", "b2", "b3", "b4", "b5"):
         assert keyword_files(f"segformer_{v}", {}, "imagenet") == (f"mit_{v}.pth",)
     # every torchvision file in the table is a torchvision ImageNet weight: same URL, size, hash prefix

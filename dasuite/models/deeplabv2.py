@@ -33,15 +33,35 @@ from torchvision.ops import FrozenBatchNorm2d
 from dasuite.errors import ConfigError, DasuiteError
 from dasuite.models.base import MODELS, ModelOutput, Perturb, SegModel
 from dasuite.models.pretrained import CheckpointState, Converted, load_pretrained
-from dasuite.models.resnet import TORCHVISION_RESNET_FILES, caffe_stem_to_normalised_rgb, resnet_backbone
+from dasuite.models.resnet import caffe_stem_to_normalised_rgb, resnet_backbone
+from dasuite.models.weight_files import select
 
 RESNET_STYLES = ("torchvision", "caffe")
-# keyword -> hub-cache file names of the caffe-style DeepLab weights (AdaptSegNet / ADVENT releases; ResNet-101 only)
-CAFFE_FILES = {
-    "r101": {
-        "imagenet": ("DeepLab_resnet_pretrained_imagenet.pth",),
+#: the pretrained files per arch and keyword: torchvision's ImageNet ResNets (records in dasuite/models/resnet.py),
+#: or with ``resnet_style: caffe`` the caffe DeepLab weights of AdaptSegNet (coco) and ADVENT (imagenet), ResNet-101
+#: only; read by dasuite.models.weight_files without importing this module
+PRETRAINED_FILES = {
+    "files": [
+        {"name": "DeepLab_resnet_pretrained_init-f81d91e8.pth", "sha256": "f81d91e8",
+         "what": "caffe DeepLab ResNet-101, ImageNet + MS-COCO (AdaptSegNet's and DACS's init; RESTORE_FROM of "
+                 "AdaptSegNet's train_gta2cityscapes_multi.py)",
+         "source": "http://vllab.ucmerced.edu/ytsai/CVPR18/DeepLab_resnet_pretrained_init-f81d91e8.pth"},
+        {"name": "MS_DeepLab_resnet_pretrained_COCO_init.pth",
+         "what": "caffe DeepLab ResNet-101, ImageNet + MS-COCO",
+         "source": "the name several DeepLab-v2 PyTorch ports give their conversion of the caffe COCO init (not "
+                   "verified to be byte-identical to AdaptSegNet's file)"},
+        {"name": "DeepLab_resnet_pretrained_imagenet.pth",
+         "what": "caffe DeepLab ResNet-101, ImageNet only (ADVENT's init)",
+         "source": "ADVENT's releases (github.com/valeoai/ADVENT, 'Pre-trained models')"},
+    ],
+    "archs": {
+        "deeplabv2_r50": {"imagenet": ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")},
+        "deeplabv2_r101": {"imagenet": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth")},
+    },
+    "options": {"resnet_style": {"caffe": {"deeplabv2_r101": {
         "coco": ("DeepLab_resnet_pretrained_init-f81d91e8.pth", "MS_DeepLab_resnet_pretrained_COCO_init.pth"),
-    }
+        "imagenet": ("DeepLab_resnet_pretrained_imagenet.pth",),
+    }}}},
 }
 
 
@@ -195,14 +215,14 @@ def _check_options(dilations: Sequence[int], quirk: bool, flags: dict[str, objec
         raise ConfigError(f"model option resnet_style must be one of {', '.join(RESNET_STYLES)}, got {resnet_style!r}")
 
 
-def _how_to_get(name: str, resnet_style: str) -> str:
+def _how_to_get(files: Mapping[str, Sequence[str]], resnet_style: str) -> str:
     if resnet_style == "caffe":
         return (
             "get AdaptSegNet's COCO-initialised DeepLab_resnet_pretrained_init-f81d91e8.pth or ADVENT's ImageNet "
             "DeepLab_resnet_pretrained_imagenet.pth (links in their READMEs; ResNet-101 only) and pass its path, or "
             "place it in $TORCH_HOME/hub/checkpoints/ and pass model.pretrained=coco or imagenet"
         )
-    file = TORCHVISION_RESNET_FILES[name][0]
+    file = files["imagenet"][0]
     return (
         f"get the torchvision ImageNet weights {file} (download.pytorch.org/models/{file}) and pass "
         f"model.pretrained=/path/{file}, or place it in $TORCH_HOME/hub/checkpoints/ and pass model.pretrained=imagenet"
@@ -255,12 +275,12 @@ def build_deeplabv2(
         resnet_style=resnet_style,
     )
     if pretrained is not None:
-        files = TORCHVISION_RESNET_FILES[name] if resnet_style == "torchvision" else CAFFE_FILES.get(name, {})
+        files = select(PRETRAINED_FILES, arch, {"resnet_style": resnet_style})
         load_pretrained(
             model,
             pretrained,
             filenames=files,
-            how_to_get=_how_to_get(name, resnet_style),
+            how_to_get=_how_to_get(files, resnet_style),
             convert=convert_deeplabv2_checkpoint,
             encoder_prefix=DeepLabV2.encoder_prefix,
             classifier_prefix=DeepLabV2.classifier_prefix,

@@ -42,15 +42,42 @@ from dasuite.models.base import MODELS, ModelOutput, Perturb, SegModel
 from dasuite.models.deeplabv3plus import ASPP_RATES, TINY_MBV2_SETTING, TINY_MBV2_WIDTH, MobileNetV2Backbone
 from dasuite.models.pretrained import CheckpointState, Converted, load_pretrained
 from dasuite.models.resnet import caffe_stem_to_normalised_rgb, dilated_stages, resnet_backbone
-from dasuite.models.weight_files import CIRKD_FILES, FILES
+from dasuite.models.weight_files import FILES
 
 #: CIRKD v1's head width per backbone (ASPP and bottleneck channels); tiny models use TINY_HEAD
 HEAD_CHANNELS = {"r18": 128, "r101": 256, "mobilenetv2": 128}
 TINY_HEAD = 16
 HEAD_DROPOUT = 0.1  # CIRKD's Dropout before the classifier (the ASPP projection keeps torchvision's 0.5, as CIRKD)
-#: variant -> keyword -> hub-cache file names (ImageNet: CIRKD's deep-stem ResNets and CSAIL-style MobileNetV2, or
-#: torchvision's MobileNetV2, which fits the same network; cityscapes: CIRKD's trained DeepLabV3-R101 teacher)
-WEIGHT_FILES = CIRKD_FILES
+#: the pretrained files per arch and keyword (imagenet: CIRKD's deep-stem ResNets and CSAIL-style MobileNetV2, or
+#: torchvision's MobileNetV2, which fits the same network; cityscapes: CIRKD's trained DeepLabV3-R101 teacher); read
+#: by dasuite.models.weight_files without importing this module
+PRETRAINED_FILES = {
+    "files": [
+        {"name": "resnet18-imagenet.pth",
+         "what": "deep-stem ResNet-18 (v1s), ImageNet: CIRKD's student backbone",
+         "source": "https://github.com/winycg/CIRKD/releases/download/backbonev0.1/resnet18-imagenet.pth"},
+        {"name": "resnet101-imagenet.pth",
+         "what": "deep-stem ResNet-101 (v1s), ImageNet: CIRKD's teacher backbone",
+         "source": "https://drive.google.com/file/d/1V8-E4wm2VMsfnNiczSIDoSM7JJBMARkP/view (CIRKD v1 README, "
+                   "github.com/winycg/CIRKD commit 91735ef)"},
+        {"name": "mobilenetv2-imagenet.pth",
+         "what": "MobileNetV2 (CSAIL naming), ImageNet: CIRKD's student backbone",
+         "source": "https://drive.google.com/file/d/12EDZjDSCuIpxPv-dkk1vrxA7ka0b0Yjv/view (CIRKD v1 README, "
+                   "github.com/winycg/CIRKD commit 91735ef)"},
+        {"name": "deeplabv3_resnet101_citys_best_model.pth",
+         "what": "CIRKD's DeepLabV3-R101 Cityscapes teacher (78.07 val mIoU; 256-channel head; CIRKDv2's GitHub "
+                 "release of the same name: head_channels=512)",
+         "source": "https://drive.google.com/file/d/1zUdhYPYCDCclWU3Wo7GbbTlM8ibQ_UC1/view (CIRKD v1 README, "
+                   "github.com/winycg/CIRKD commit 91735ef)"},
+    ],
+    "archs": {
+        "deeplabv3_r18": {"imagenet": ("resnet18-imagenet.pth",)},
+        "deeplabv3_r101": {"imagenet": ("resnet101-imagenet.pth",),
+                           "cityscapes": ("deeplabv3_resnet101_citys_best_model.pth",)},
+        "deeplabv3_mobilenetv2": {"imagenet": ("mobilenetv2-imagenet.pth", "mobilenet_v2-b0353104.pth",
+                                               "mobilenet_v2-7ebf99e0.pth")},
+    },
+}
 
 
 class FCNAuxHead(nn.Sequential):
@@ -206,8 +233,8 @@ def convert_cirkd_checkpoint(state: Mapping[str, torch.Tensor], model: DeepLabV3
     return Converted(converted, dropped, {new: key for key, new in named.items()})
 
 
-def _how_to_get(name: str) -> str:
-    files = WEIGHT_FILES[name]
+def _how_to_get(arch: str) -> str:
+    files = PRETRAINED_FILES["archs"][arch]
     imagenet = files["imagenet"][0]
     text = (f"get CIRKD's ImageNet backbone {imagenet} ({FILES[imagenet].source}), put it in "
             f"$TORCH_HOME/hub/checkpoints/ and pass model.pretrained=imagenet, or pass "
@@ -261,8 +288,8 @@ def build_deeplabv3(
         load_pretrained(
             model,
             pretrained,
-            filenames=WEIGHT_FILES[name],
-            how_to_get=_how_to_get(name),
+            filenames=PRETRAINED_FILES["archs"][arch],
+            how_to_get=_how_to_get(arch),
             convert=convert_cirkd_checkpoint,
             encoder_prefix=DeepLabV3.encoder_prefix,
             classifier_prefix=DeepLabV3.classifier_prefix,

@@ -29,7 +29,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 from dasuite.models.base import MODELS, ModelOutput, Perturb, SegModel
 from dasuite.models.checkpoint import checkpointed, wants_checkpoint
 from dasuite.models.pretrained import CheckpointState, Converted, load_pretrained
-from dasuite.models.resnet import TORCHVISION_RESNET_FILES, dilated_stages, resnet_backbone
+from dasuite.models.resnet import dilated_stages, resnet_backbone
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 ASPP_DROPOUT = 0.1  # VainF; torchvision's ASPP defaults to 0.5
@@ -162,9 +162,22 @@ def convert_torchvision_checkpoint(state: Mapping[str, torch.Tensor], model: Dee
     return Converted(converted, dropped, {"backbone." + key: key for key in state})
 
 
-_TORCHVISION_FILES = {
-    **TORCHVISION_RESNET_FILES,
-    "mobilenetv2": ("mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth"),
+#: the pretrained files per arch and keyword: torchvision's ImageNet weights (V1 first; the ResNet records are in
+#: dasuite/models/resnet.py); read by dasuite.models.weight_files without importing this module
+PRETRAINED_FILES = {
+    "files": [
+        {"name": "mobilenet_v2-b0353104.pth", "sha256": "b0353104", "size_mb": 13.555,
+         "what": "MobileNetV2 IMAGENET1K_V1",
+         "source": "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"},
+        {"name": "mobilenet_v2-7ebf99e0.pth", "sha256": "7ebf99e0", "size_mb": 13.598,
+         "what": "MobileNetV2 IMAGENET1K_V2",
+         "source": "https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth"},
+    ],
+    "archs": {
+        "deeplabv3plus_r50": {"imagenet": ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")},
+        "deeplabv3plus_r101": {"imagenet": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth")},
+        "deeplabv3plus_mobilenetv2": {"imagenet": ("mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth")},
+    },
 }
 
 
@@ -186,7 +199,7 @@ def build_deeplabv3plus(
         output_stride: 16 (dilated last stage) or 8 (last two stages dilated): the encoder's output stride
     """
     name = arch.split("_", 1)[1]
-    files = _TORCHVISION_FILES[name]
+    files = PRETRAINED_FILES["archs"][arch]["imagenet"]
     backbone = _make_backbone(name, tiny, output_stride)
     widths = (32, 8) if tiny else (256, 48)
     model = DeepLabV3Plus(

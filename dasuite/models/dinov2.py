@@ -46,12 +46,55 @@ from dasuite.errors import ConfigError
 from dasuite.models.base import MODELS, ModelOutput, Perturb, SegModel
 from dasuite.models.checkpoint import transformers_checkpointing
 from dasuite.models.pretrained import CheckpointState, Converted, hub_checkpoint_dir, load_pretrained
-from dasuite.models.weight_files import DINOV2_REPOS, dinov2_names
 
 PATCH = 14
 STAGE_STRIDES = (4, 8, 16, 32)
 HEADS = ("dpt", "linear")
 LINEAR_STRIDE = 16
+
+#: the pretrained files per arch for ``model.pretrained: dinov2``: facebookresearch/dinov2's torch-hub file, then a
+#: Hugging Face snapshot folder named after the repo facebook/<folder> (read by dasuite.models.weight_files)
+PRETRAINED_FILES = {
+    "files": [
+        {"name": "dinov2_vits14_pretrain.pth",
+         "what": "DINOv2 ViT-S/14 encoder (LVD-142M)",
+         "source": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth (what "
+                   "torch.hub.load('facebookresearch/dinov2', 'dinov2_vits14') downloads), or the Hugging Face model "
+                   "facebook/dinov2-small as a folder dinov2-small/ (config.json + model.safetensors)"},
+        {"name": "dinov2_vitb14_pretrain.pth",
+         "what": "DINOv2 ViT-B/14 encoder (LVD-142M)",
+         "source": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth (what "
+                   "torch.hub.load('facebookresearch/dinov2', 'dinov2_vitb14') downloads), or the Hugging Face model "
+                   "facebook/dinov2-base as a folder dinov2-base/ (config.json + model.safetensors)"},
+        {"name": "dinov2_vitl14_pretrain.pth",
+         "what": "DINOv2 ViT-L/14 encoder (LVD-142M)",
+         "source": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth (what "
+                   "torch.hub.load('facebookresearch/dinov2', 'dinov2_vitl14') downloads), or the Hugging Face model "
+                   "facebook/dinov2-large as a folder dinov2-large/ (config.json + model.safetensors)"},
+        {"name": "dinov2_vitg14_pretrain.pth",
+         "what": "DINOv2 ViT-g/14 encoder (LVD-142M)",
+         "source": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitg14/dinov2_vitg14_pretrain.pth (what "
+                   "torch.hub.load('facebookresearch/dinov2', 'dinov2_vitg14') downloads), or the Hugging Face model "
+                   "facebook/dinov2-giant as a folder dinov2-giant/ (config.json + model.safetensors)"},
+    ],
+    "archs": {
+        "dinov2_vits14": {"dinov2": ("dinov2_vits14_pretrain.pth", "dinov2-small")},
+        "dinov2_vitb14": {"dinov2": ("dinov2_vitb14_pretrain.pth", "dinov2-base")},
+        "dinov2_vitl14": {"dinov2": ("dinov2_vitl14_pretrain.pth", "dinov2-large")},
+        "dinov2_vitg14": {"dinov2": ("dinov2_vitg14_pretrain.pth", "dinov2-giant")},
+    },
+}
+
+
+def dinov2_names(variant: str) -> tuple[str, str]:
+    """What ``model.pretrained: dinov2`` looks for in the hub cache for variant ``s``/``b``/``l``/``g``: the torch-hub
+    file of facebookresearch/dinov2, then a Hugging Face snapshot folder named after the repo (e.g. ``dinov2-base``)."""
+    return PRETRAINED_FILES["archs"][f"dinov2_vit{variant}14"]["dinov2"]
+
+
+#: DINOv2 variant -> its Hugging Face model (a snapshot folder named after it also serves ``model.pretrained: dinov2``)
+DINOV2_REPOS = {arch[len("dinov2_vit")]: "facebook/" + files["dinov2"][1]
+                for arch, files in PRETRAINED_FILES["archs"].items()}
 
 
 @dataclass(frozen=True)
@@ -387,7 +430,7 @@ def build_dinov2(
         load_pretrained(
             model,
             pretrained,
-            filenames={"dinov2": dinov2_names(variant)},
+            filenames=PRETRAINED_FILES["archs"][arch],
             how_to_get=_how_to_get(variant),
             convert=convert_dinov2_checkpoint,
             encoder_prefix=DINOv2Seg.encoder_prefix,

@@ -36,6 +36,9 @@ from dasuite.models.deeplabv2 import ASPPSumClassifier, DeepLabV2
 from dasuite.models.factory import create_model
 
 ATTENTION_HEADS = ("auto", "mlp", "aspp")
+#: HRDA loads its base's pretrained file: the arch in option ``base`` (``default`` when unset), built with
+#: ``base_options`` (read by dasuite.models.weight_files without importing this module)
+PRETRAINED_FILES = {"wraps": {"hrda": {"arch": "base", "default": "segformer_b5", "options": "base_options"}}}
 
 
 class DetailBox(NamedTuple):
@@ -257,7 +260,7 @@ def build_hrda(
     *,
     tiny: bool = False,
     pretrained: str | None = None,
-    base: str = "segformer_b5",
+    base: str = PRETRAINED_FILES["wraps"]["hrda"]["default"],
     base_options: Optional[dict[str, Any]] = None,
     context_scale: float = 0.5,
     detail_crop: Sequence[int] = (512, 512),

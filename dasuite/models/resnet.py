@@ -32,9 +32,23 @@ from dasuite.models.checkpoint import checkpointed, wants_checkpoint
 RESNET_BLOCKS = {"r18": (2, 2, 2, 2), "r50": (3, 4, 6, 3), "r101": (3, 4, 23, 3)}
 BASIC_BLOCK_RESNETS = ("r18",)  # the others are built of Bottlenecks
 TINY_RESNET = {"planes": (4, 8, 16, 32), "stem": 8}  # tiny: stage channels 16/32/64/128, one block per stage
-TORCHVISION_RESNET_FILES = {
-    "r50": ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
-    "r101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth"),
+#: torchvision's ImageNet ResNet files, named by deeplabv2's and deeplabv3plus's PRETRAINED_FILES (read by
+#: dasuite.models.weight_files without importing this module)
+PRETRAINED_FILES = {
+    "files": [
+        {"name": "resnet50-0676ba61.pth", "sha256": "0676ba61", "size_mb": 97.781,
+         "what": "ResNet-50 IMAGENET1K_V1",
+         "source": "https://download.pytorch.org/models/resnet50-0676ba61.pth"},
+        {"name": "resnet50-11ad3fa6.pth", "sha256": "11ad3fa6", "size_mb": 97.79,
+         "what": "ResNet-50 IMAGENET1K_V2",
+         "source": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"},
+        {"name": "resnet101-63fe2227.pth", "sha256": "63fe2227", "size_mb": 170.511,
+         "what": "ResNet-101 IMAGENET1K_V1",
+         "source": "https://download.pytorch.org/models/resnet101-63fe2227.pth"},
+        {"name": "resnet101-cd907fc2.pth", "sha256": "cd907fc2", "size_mb": 170.53,
+         "what": "ResNet-101 IMAGENET1K_V2",
+         "source": "https://download.pytorch.org/models/resnet101-cd907fc2.pth"},
+    ],
 }
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # the DeepLab / AdaptSegNet IMG_MEAN, 0..255 units
 

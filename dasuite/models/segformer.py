@@ -39,6 +39,44 @@ BLOCK_LAYER_NORM_EPS = 1e-6  # NVlabs mit_bX: norm_layer=partial(nn.LayerNorm, e
 DECODERS = ("mlp", "daformer")
 DAFORMER_CHANNELS = 256  # DAFormer's embedding and fusion width (configs/_base_/models/daformer_*_mitb5.py)
 
+#: the pretrained files per arch and keyword (read by dasuite.models.weight_files without importing this module)
+PRETRAINED_FILES = {
+    "files": [
+        {"name": "mit_b0.pth",
+         "what": "MiT-B0 encoder, ImageNet-1k",
+         "source": "the links in github.com/NVlabs/SegFormer's README (ImageNet-1K pretrained MiT weights), or the "
+                   "Hugging Face model nvidia/mit-b0"},
+        {"name": "mit_b1.pth",
+         "what": "MiT-B1 encoder, ImageNet-1k",
+         "source": "the links in github.com/NVlabs/SegFormer's README (ImageNet-1K pretrained MiT weights), or the "
+                   "Hugging Face model nvidia/mit-b1"},
+        {"name": "mit_b2.pth",
+         "what": "MiT-B2 encoder, ImageNet-1k",
+         "source": "the links in github.com/NVlabs/SegFormer's README (ImageNet-1K pretrained MiT weights), or the "
+                   "Hugging Face model nvidia/mit-b2"},
+        {"name": "mit_b3.pth",
+         "what": "MiT-B3 encoder, ImageNet-1k",
+         "source": "the links in github.com/NVlabs/SegFormer's README (ImageNet-1K pretrained MiT weights), or the "
+                   "Hugging Face model nvidia/mit-b3"},
+        {"name": "mit_b4.pth",
+         "what": "MiT-B4 encoder, ImageNet-1k",
+         "source": "the links in github.com/NVlabs/SegFormer's README (ImageNet-1K pretrained MiT weights), or the "
+                   "Hugging Face model nvidia/mit-b4"},
+        {"name": "mit_b5.pth",
+         "what": "MiT-B5 encoder, ImageNet-1k",
+         "source": "the links in github.com/NVlabs/SegFormer's README (ImageNet-1K pretrained MiT weights), or the "
+                   "Hugging Face model nvidia/mit-b5"},
+    ],
+    "archs": {
+        "segformer_b0": {"imagenet": ("mit_b0.pth",)},
+        "segformer_b1": {"imagenet": ("mit_b1.pth",)},
+        "segformer_b2": {"imagenet": ("mit_b2.pth",)},
+        "segformer_b3": {"imagenet": ("mit_b3.pth",)},
+        "segformer_b4": {"imagenet": ("mit_b4.pth",)},
+        "segformer_b5": {"imagenet": ("mit_b5.pth",)},
+    },
+}
+
 
 @dataclass(frozen=True)
 class MiTSpec:
@@ -356,11 +394,12 @@ def build_segformer(
         chosen = replace(chosen, decoder_dim=DAFORMER_CHANNELS)
     model = SegFormer(segformer_config(chosen, num_classes, drop_path=drop_path, dropout=dropout), decoder)
     if pretrained is not None:
-        filename = f"mit_{variant}.pth"
+        files = PRETRAINED_FILES["archs"][arch]
+        filename = files["imagenet"][0]
         load_pretrained(
             model,
             pretrained,
-            filenames=(filename,),
+            filenames=files,
             how_to_get=(
                 f"download {filename} from the SegFormer release (NVlabs SegFormer, ImageNet-1k MiT weights) "
                 f"and pass model.pretrained=/path/{filename} (or put it in the torch hub cache and pass "

@@ -1,8 +1,15 @@
-"""The pretrained weight files dasuite's keywords (``model.pretrained: imagenet`` / ``coco`` / ``dinov2``) look for:
-their public source and checksum, and the one-line message a run without weights stops with.
+"""The pretrained weight files dasuite's keywords (``model.pretrained: imagenet`` / ``coco`` / ``dinov2`` ...) look
+for: their public source and checksum, and the one-line message a run without weights stops with.
 
-Torch-free (run planning checks an experiment before anything heavy is imported). ``docs/models.md`` shows the same
-table; ``tests/test_weight_files.py`` checks it against the file names the model modules and torchvision use.
+Each model module declares its files in a top-level literal ``PRETRAINED_FILES`` (docs/extending.md, A model), read
+here from its source with ``ast.literal_eval``, never imported (run planning checks an experiment before torch is
+imported). Keys, all optional: ``files``, ``WeightFile`` records as dicts (any module of ``dasuite.models`` may hold
+records others name: ``resnet.py``); ``archs``, arch -> keyword -> accepted hub-cache names in the order tried (the
+first keyword's first name is ``recommended``); ``options``, option -> value -> a table like ``archs`` used instead
+when the model's options set that value; ``wraps``, wrapper arch -> ``{"arch": option naming the base, "default":
+..., "options": option holding the base's options}``. An arch's files come from the module that registers it (a
+plugin's too); none declared = no known file.
+
 Checksums: torchvision's file names end in the first 8 hex digits of the file's SHA-256, which torchvision verifies
 on download (``check_hash=True``); no public source states the full digests, so ``sha256`` holds that prefix and
 ``full_sha256`` is False. Files whose names carry no digest have ``sha256`` None.
@@ -10,12 +17,20 @@ on download (``check_hash=True``); no public source states the full digests, so 
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-TORCHVISION_URL = "https://download.pytorch.org/models/"
+from dasuite.errors import ConfigError
+from dasuite.registry import MODELS
+
+VARIABLE = "PRETRAINED_FILES"
+#: keyword -> the hub-cache names it accepts, in the order tried
+Keywords = dict[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -31,73 +46,73 @@ class WeightFile:
     size_mb: Optional[float] = None  # as torchvision's weight metadata states it (``_file_size``, MB)
 
 
-def _torchvision(name: str, what: str, size_mb: float) -> WeightFile:
-    return WeightFile(name, TORCHVISION_URL + name, what, sha256=name.rsplit("-", 1)[1].split(".")[0],
-                      size_mb=size_mb)
+def read_declaration(source: str, where: str = "<module>") -> dict[str, Any]:
+    """The ``PRETRAINED_FILES`` literal assigned at the top level of a module's source ({} when there is none)."""
+    if VARIABLE not in source:
+        return {}
+    for node in ast.parse(source, where).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) and node.value is not None else []
+        if any(isinstance(t, ast.Name) and t.id == VARIABLE for t in targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError as err:
+                raise ConfigError(f"{where}: {VARIABLE} must be a literal (dicts, tuples, strings, numbers): "
+                                  f"{err}") from err
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {VARIABLE} must be a dict, got {type(value).__name__}")
+            return value
+    return {}
 
 
-_MIT_SOURCE = ("the links in github.com/NVlabs/SegFormer's README (ImageNet-1K pretrained MiT weights), or the Hugging "
-               "Face model nvidia/mit-{v}")
-_DEEPLAB_COCO_URL = "http://vllab.ucmerced.edu/ytsai/CVPR18/DeepLab_resnet_pretrained_init-f81d91e8.pth"
-#: DINOv2 variant -> its Hugging Face model (a snapshot folder named after it also serves ``model.pretrained: dinov2``)
-DINOV2_REPOS = {"s": "facebook/dinov2-small", "b": "facebook/dinov2-base", "l": "facebook/dinov2-large",
-                "g": "facebook/dinov2-giant"}
-_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{v}14/dinov2_vit{v}14_pretrain.pth"
-_CIRKD_DRIVE = "https://drive.google.com/file/d/{}/view (CIRKD v1 README, github.com/winycg/CIRKD commit 91735ef)"
-#: DeepLabV3 (CIRKD) variant -> keyword -> hub-cache names (``dasuite.models.deeplabv3.WEIGHT_FILES``)
-CIRKD_FILES = {
-    "r18": {"imagenet": ("resnet18-imagenet.pth",)},
-    "r101": {"imagenet": ("resnet101-imagenet.pth",), "cityscapes": ("deeplabv3_resnet101_citys_best_model.pth",)},
-    "mobilenetv2": {"imagenet": ("mobilenetv2-imagenet.pth", "mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth")},
-}
+@functools.lru_cache(maxsize=None)
+def declaration(module: str) -> dict[str, Any]:
+    """``module``'s ``PRETRAINED_FILES``, read from its source file without importing it ({} when it declares none
+    or has no source file to read)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return {}
+    origin = getattr(spec, "origin", None)
+    if not origin or not origin.endswith(".py") or not os.path.isfile(origin):
+        return {}
+    return read_declaration(Path(origin).read_text(encoding="utf-8"), origin)
 
 
-def dinov2_names(variant: str) -> tuple[str, str]:
-    """What ``model.pretrained: dinov2`` looks for in the hub cache: the torch-hub file of facebookresearch/dinov2,
-    then a Hugging Face snapshot folder named after the repo (e.g. ``dinov2-base``)."""
-    return f"dinov2_vit{variant}14_pretrain.pth", DINOV2_REPOS[variant].split("/", 1)[1]
+def _records(declared: Mapping[str, Any]) -> dict[str, WeightFile]:
+    return {record["name"]: WeightFile(**record) for record in declared.get("files", ())}
 
 
-#: every file a keyword may resolve to, by file name
-FILES: dict[str, WeightFile] = {
-    **{f"mit_{v}.pth": WeightFile(f"mit_{v}.pth", _MIT_SOURCE.format(v=v), f"MiT-{v.upper()} encoder, ImageNet-1k")
-       for v in ("b0", "b1", "b2", "b3", "b4", "b5")},
-    "resnet50-0676ba61.pth": _torchvision("resnet50-0676ba61.pth", "ResNet-50 IMAGENET1K_V1", 97.781),
-    "resnet50-11ad3fa6.pth": _torchvision("resnet50-11ad3fa6.pth", "ResNet-50 IMAGENET1K_V2", 97.79),
-    "resnet101-63fe2227.pth": _torchvision("resnet101-63fe2227.pth", "ResNet-101 IMAGENET1K_V1", 170.511),
-    "resnet101-cd907fc2.pth": _torchvision("resnet101-cd907fc2.pth", "ResNet-101 IMAGENET1K_V2", 170.53),
-    "mobilenet_v2-b0353104.pth": _torchvision("mobilenet_v2-b0353104.pth", "MobileNetV2 IMAGENET1K_V1", 13.555),
-    "mobilenet_v2-7ebf99e0.pth": _torchvision("mobilenet_v2-7ebf99e0.pth", "MobileNetV2 IMAGENET1K_V2", 13.598),
-    "DeepLab_resnet_pretrained_init-f81d91e8.pth": WeightFile(
-        "DeepLab_resnet_pretrained_init-f81d91e8.pth", _DEEPLAB_COCO_URL,
-        "caffe DeepLab ResNet-101, ImageNet + MS-COCO (AdaptSegNet's and DACS's init; RESTORE_FROM of "
-        "AdaptSegNet's train_gta2cityscapes_multi.py)", sha256="f81d91e8"),
-    "MS_DeepLab_resnet_pretrained_COCO_init.pth": WeightFile(
-        "MS_DeepLab_resnet_pretrained_COCO_init.pth", "the name several DeepLab-v2 PyTorch ports give their "
-        "conversion of the caffe COCO init (not verified to be byte-identical to AdaptSegNet's file)",
-        "caffe DeepLab ResNet-101, ImageNet + MS-COCO"),
-    **{dinov2_names(v)[0]: WeightFile(
-        dinov2_names(v)[0], f"{_DINOV2_URL.format(v=v)} (what torch.hub.load('facebookresearch/dinov2', "
-        f"'dinov2_vit{v}14') downloads), or the Hugging Face model {repo} as a folder {dinov2_names(v)[1]}/ "
-        f"(config.json + model.safetensors)", f"DINOv2 ViT-{v.upper() if v != 'g' else 'g'}/14 encoder (LVD-142M)")
-       for v, repo in DINOV2_REPOS.items()},
-    "DeepLab_resnet_pretrained_imagenet.pth": WeightFile(
-        "DeepLab_resnet_pretrained_imagenet.pth", "ADVENT's releases (github.com/valeoai/ADVENT, 'Pre-trained "
-        "models')", "caffe DeepLab ResNet-101, ImageNet only (ADVENT's init)"),
-    "resnet18-imagenet.pth": WeightFile(
-        "resnet18-imagenet.pth", "https://github.com/winycg/CIRKD/releases/download/backbonev0.1/resnet18-imagenet.pth",
-        "deep-stem ResNet-18 (v1s), ImageNet: CIRKD's student backbone"),
-    "resnet101-imagenet.pth": WeightFile(
-        "resnet101-imagenet.pth", _CIRKD_DRIVE.format("1V8-E4wm2VMsfnNiczSIDoSM7JJBMARkP"),
-        "deep-stem ResNet-101 (v1s), ImageNet: CIRKD's teacher backbone"),
-    "mobilenetv2-imagenet.pth": WeightFile(
-        "mobilenetv2-imagenet.pth", _CIRKD_DRIVE.format("12EDZjDSCuIpxPv-dkk1vrxA7ka0b0Yjv"),
-        "MobileNetV2 (CSAIL naming), ImageNet: CIRKD's student backbone"),
-    "deeplabv3_resnet101_citys_best_model.pth": WeightFile(
-        "deeplabv3_resnet101_citys_best_model.pth", _CIRKD_DRIVE.format("1zUdhYPYCDCclWU3Wo7GbbTlM8ibQ_UC1"),
-        "CIRKD's DeepLabV3-R101 Cityscapes teacher (78.07 val mIoU; 256-channel head; CIRKDv2's GitHub release of "
-        "the same name: head_channels=512)"),
-}
+def _builtin_files() -> dict[str, WeightFile]:
+    files: dict[str, WeightFile] = {}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.stem.startswith("_") or path.name == Path(__file__).name:
+            continue
+        for name, file in _records(declaration(f"{__package__}.{path.stem}")).items():
+            if files.setdefault(name, file) != file:
+                raise ConfigError(f"pretrained file {name} is declared twice, differently ({path.name})")
+    return files
+
+
+#: every file a built-in keyword may resolve to, by file name (the ``files`` of dasuite.models' modules)
+FILES: dict[str, WeightFile] = _builtin_files()
+
+
+def select(declared: Mapping[str, Any], arch: str, options: Optional[Mapping[str, Any]] = None) -> Keywords:
+    """keyword -> names that ``declared`` (a module's ``PRETRAINED_FILES``) gives ``arch`` built with ``options``
+    ({} when none): the ``options`` table of a value the options set, else ``archs``."""
+    options = options or {}
+    table = declared.get("archs", {})
+    for option, by_value in declared.get("options", {}).items():
+        value = options.get(option)
+        if isinstance(value, (str, int, float, bool)) and value in by_value:
+            table = by_value[value]
+            break
+    return {keyword: tuple(names) for keyword, names in table.get(arch, {}).items()}
+
+
+def _declared(arch: str) -> Mapping[str, Any]:
+    return declaration(MODELS.entry(arch).module) if arch in MODELS else {}
 
 
 def hub_checkpoint_dir() -> Path:
@@ -108,58 +123,42 @@ def hub_checkpoint_dir() -> Path:
 
 
 def weights_target(arch: str, options: Optional[Mapping[str, Any]]) -> tuple[str, Mapping[str, Any]]:
-    """(arch, options) whose pretrained file a model loads: a wrapper (``hrda``) loads its base's
-    (``options.base``, default ``segformer_b5``; ``options.base_options``)."""
+    """(arch, options) whose pretrained file a model loads: a wrapper's base (``wraps``; ``hrda``: ``options.base``,
+    default ``segformer_b5``, built with ``options.base_options``), else the model itself."""
     options = options or {}
-    if arch == "hrda":
-        return options.get("base") or "segformer_b5", options.get("base_options") or {}
+    wrap = _declared(arch).get("wraps", {}).get(arch)
+    if wrap:
+        return options.get(wrap["arch"]) or wrap["default"], options.get(wrap["options"]) or {}
     return arch, options
+
+
+def pretrained_files(arch: str, options: Optional[Mapping[str, Any]] = None) -> Keywords:
+    """keyword -> hub-cache names ``arch`` (a wrapper: its base) accepts with ``options``; {} when none is known."""
+    arch, options = weights_target(arch, options)
+    return select(_declared(arch), arch, options)
+
+
+def weight_file(name: str, arch: Optional[str] = None) -> WeightFile:
+    """The record of file ``name``: a built-in one, else one the module registering ``arch`` declares (a plugin's),
+    else a bare record naming only the file."""
+    found = FILES.get(name) or (_records(_declared(arch)).get(name) if arch else None)
+    return found or WeightFile(name, "the model's documentation", name)
 
 
 def recommended(arch: str, options: Optional[Mapping[str, Any]] = None) -> Optional[tuple[str, WeightFile]]:
     """(keyword, file) a full-size ``arch`` is usually initialised from, None for an architecture dasuite knows no
-    file for (a plugin model, a caffe-style ResNet-50)."""
-    arch, options = weights_target(arch, options)
-    family, _, variant = arch.partition("_")
-    if family == "segformer":
-        return "imagenet", FILES[f"mit_{variant}.pth"]
-    if family == "deeplabv3" and variant in CIRKD_FILES:
-        return "imagenet", FILES[CIRKD_FILES[variant]["imagenet"][0]]
-    if family == "deeplabv3plus":
-        return "imagenet", FILES[{"r50": "resnet50-0676ba61.pth", "r101": "resnet101-63fe2227.pth",
-                                  "mobilenetv2": "mobilenet_v2-b0353104.pth"}[variant]]
-    if family == "dinov2":
-        return "dinov2", FILES[dinov2_names(variant[3])[0]]
-    if family == "deeplabv2":
-        if options.get("resnet_style", "torchvision") == "caffe":
-            return ("coco", FILES["DeepLab_resnet_pretrained_init-f81d91e8.pth"]) if variant == "r101" else None
-        return "imagenet", FILES[{"r50": "resnet50-0676ba61.pth", "r101": "resnet101-63fe2227.pth"}[variant]]
+    file for (a plugin model that declares none, a caffe-style ResNet-50)."""
+    target = weights_target(arch, options)[0]
+    for keyword, names in pretrained_files(arch, options).items():
+        if names:
+            return keyword, weight_file(names[0], target)
     return None
 
 
 def keyword_files(arch: str, options: Optional[Mapping[str, Any]], keyword: str) -> Optional[tuple[str, ...]]:
     """The hub-cache file names ``model.pretrained: <keyword>`` accepts for ``arch`` (the model modules look for the
     same names), None when dasuite knows no file for that combination."""
-    arch, options = weights_target(arch, options)
-    family, _, variant = arch.partition("_")
-    torchvision = {"r50": ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
-                   "r101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth"),
-                   "mobilenetv2": ("mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth")}
-    if family == "segformer" and keyword == "imagenet":
-        return (f"mit_{variant}.pth",)
-    if family == "deeplabv3plus" and keyword == "imagenet":
-        return torchvision.get(variant)
-    if family == "deeplabv3":
-        return CIRKD_FILES.get(variant, {}).get(keyword)
-    if family == "dinov2":
-        return dinov2_names(variant[3]) if keyword == "dinov2" else None
-    if family == "deeplabv2":
-        if options.get("resnet_style", "torchvision") != "caffe":
-            return torchvision.get(variant) if keyword == "imagenet" else None
-        caffe = {"imagenet": ("DeepLab_resnet_pretrained_imagenet.pth",),
-                 "coco": ("DeepLab_resnet_pretrained_init-f81d91e8.pth", "MS_DeepLab_resnet_pretrained_COCO_init.pth")}
-        return caffe.get(keyword) if variant == "r101" else None
-    return None
+    return pretrained_files(arch, options).get(keyword)
 
 
 def missing_keyword_file(experiment: str, arch: str, options: Optional[Mapping[str, Any]], keyword: str
@@ -170,7 +169,7 @@ def missing_keyword_file(experiment: str, arch: str, options: Optional[Mapping[s
     folder = hub_checkpoint_dir()
     if not names or any((folder / name).exists() for name in names):  # a file, or a snapshot folder (dinov2)
         return None
-    file = FILES[names[0]]
+    file = weight_file(names[0], weights_target(arch, options)[0])
     others = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
     return (f"experiment {experiment!r}: model.pretrained={keyword} needs {file.name}{others} in {folder}/: get it "
             f"({file.what}; {file.source}) and put it there, or pass model.pretrained=/path/to/{file.name} "
