@@ -169,8 +169,8 @@ def family_overrides(name: str, frozen: Path) -> list[str]:
 def teacher_overrides(name: str, tmp_path: Path) -> list[str]:
     """A KD file's teacher (a run directory) replaced by a random tiny network of its arch; none for other files."""
     cfg = load_config(EXPERIMENTS / name, [])
-    teacher = getattr(cfg.method, "teacher", None)
-    if teacher is None or teacher.run is None:
+    teacher = getattr(cfg.method, "teacher", None)  # distill's frozen network (unimatch's is a word: self / ema)
+    if getattr(teacher, "run", None) is None:
         return []
     from safetensors.torch import save_file
 
