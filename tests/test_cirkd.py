@@ -198,6 +198,8 @@ labels = torch.zeros(1, 2, 2, dtype=torch.long)
 term.enqueue(__import__("dasuite.losses.cirkd", fromlist=["x"]).select_keys(feats, labels, 2, 16))
 state = {{k: v.clone() for k, v in term.state_dict().items()}}
 torch.save(state, os.path.join({out!r}, f"rank{{rank}}.pt"))
+acc.wait_for_everyone()
+torch.distributed.destroy_process_group()  # a live gloo group at interpreter exit can abort ("terminate called ...")
 """
 
 
@@ -217,7 +219,7 @@ def test_two_processes_gather_keys_and_hold_identical_queues(tmp_path):
                 f"--master_port={_free_port()}", str(script)]
     proc = subprocess.run(torchrun, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)
     e0, e1 = torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0])
     # class 0: 4 pixels per image (taken 4 each): rows 0-3 from process 0, 4-7 from process 1; region: e0 then e1
