@@ -55,6 +55,24 @@ def train_interrupted(cfg, method_cls, crash_step: int, monkeypatch) -> None:
     monkeypatch.setattr(method_cls, "training_step", original)
 
 
+def resumed_teacher_matches_uninterrupted(full_cfg, cfg, method_cls, monkeypatch, crash_step: int = 4) -> dict:
+    """Train ``full_cfg`` straight through, and ``cfg`` (same settings, another work dir) crashed at ``crash_step``
+    then resumed; assert equal final and test metrics and an equal EMA teacher; ``cfg``'s resumed summary."""
+    from dasuite.engine.loop import train
+    from dasuite.fileio import load_torch
+    from dasuite.rundir import RunDir
+
+    full = train(full_cfg)
+    train_interrupted(cfg, method_cls, crash_step, monkeypatch)
+    resumed = train(cfg, resume=True)
+    assert resumed["final"]["mIoU"] == full["final"]["mIoU"] and resumed["test"]["iou"] == full["test"]["iou"]
+    a = load_torch(RunDir.for_config(full_cfg).last)["method"]["teacher"]
+    b = load_torch(RunDir.for_config(cfg).last)["method"]["teacher"]
+    assert a["updates"] == b["updates"] == full_cfg.train.max_iters
+    assert all(torch.equal(a["module"][k], b["module"][k]) for k in a["module"])
+    return resumed
+
+
 #: small-run settings of ``two_processes_then_one`` (global batch 4: 2 processes x 2, then 1 x 2 x 2 accumulation)
 TWO_PROCESS_RUN = [
     "train.global_batch_size=4", "train.batch_size=2", "train.log_interval=1", "schedule.warmup_iters=0",

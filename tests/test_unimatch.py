@@ -6,14 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dasuite.engine.loop import Trainer, train
+from dasuite.engine.loop import Trainer
 from dasuite.errors import ConfigError
-from dasuite.fileio import load_torch
 from dasuite.methods import unimatch
 from dasuite.methods.unimatch import channel_dropout, complementary_dropout, partner_shifts
 from dasuite.models import create_model
-from dasuite.rundir import RunDir
-from tests.conftest import train_interrupted
+from tests.conftest import resumed_teacher_matches_uninterrupted
 from tests.test_method_contract import method_config
 
 NO_STRONG = {"policy": None, "color_jitter": None, "grayscale": 0.0, "blur": 0.0}
@@ -162,16 +160,8 @@ def test_complementary_dropout_masks():
 
 
 def test_unimatch_v2_resumes_exactly_with_its_ema_teacher(tmp_path, monkeypatch):
-    full_cfg = _config(tmp_path / "full", V2, max_iters=6)
-    full = train(full_cfg)
-    cfg = _config(tmp_path / "cut", V2, max_iters=6)
-    train_interrupted(cfg, unimatch.UniMatch, 4, monkeypatch)
-    resumed = train(cfg, resume=True)
-    assert resumed["final"]["mIoU"] == full["final"]["mIoU"] and resumed["test"]["iou"] == full["test"]["iou"]
-    a = load_torch(RunDir.for_config(full_cfg).last)["method"]["teacher"]
-    b = load_torch(RunDir.for_config(cfg).last)["method"]["teacher"]
-    assert a["updates"] == b["updates"] == 6
-    assert all(torch.equal(a["module"][k], b["module"][k]) for k in a["module"])
+    full_cfg, cfg = _config(tmp_path / "full", V2, max_iters=6), _config(tmp_path / "cut", V2, max_iters=6)
+    resumed_teacher_matches_uninterrupted(full_cfg, cfg, unimatch.UniMatch, monkeypatch)
 
 
 def test_v2_strong_forward_is_perturbed_and_the_teacher_labels(tmp_path):
