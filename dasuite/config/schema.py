@@ -18,6 +18,7 @@ from dasuite.data.augment import AugmentConfig
 from dasuite.data.fda import FDAConfig
 from dasuite.data.sampling import training_variants
 from dasuite.errors import ConfigError
+from dasuite.methods.base import OhemConfig
 from dasuite.methods.feature_distance import FeatureDistanceConfig
 from dasuite.models.config import ModelConfig
 from dasuite.registry import DATASETS, METHODS
@@ -302,6 +303,9 @@ class ExperimentConfig(Section):
     """Evaluation settings."""
     log: LogConfig = Field(default_factory=LogConfig)
     """Logging settings."""
+    ohem: Optional[OhemConfig] = None
+    """Online hard example mining on the shared labelled cross-entropy (``loss_seg``) of every method that computes
+    it (UniMatch's Cityscapes recipe: ``{thresh: 0.7, min_kept: 200000}``); null = plain cross-entropy."""
     feature_distance: Optional[FeatureDistanceConfig] = None
     """DAFormer's thing-class ImageNet feature distance on labelled source batches, for every method that computes
     the shared source losses (docs/daformer.md); null = off."""

@@ -46,3 +46,26 @@ def seg_loss(
     total = F.cross_entropy(logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="sum")
     denom = class_weights[labels.clamp(0, len(class_weights) - 1)].mul(valid).sum()
     return total / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def ohem_seg_loss(logits: torch.Tensor, labels: torch.Tensor, thresh: float = 0.7, min_kept: int = 100000,
+                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Cross-entropy over the hard labelled pixels (online hard example mining, as UniMatch's
+    ``ProbOhemCrossEntropy2d``): with ``p`` the softmax probability of a pixel's label, a pixel is kept when
+    ``p <= max(thresh, p_(k))``, ``p_(k)`` the ``k = min_kept``-th smallest ``p`` of the batch's labelled pixels; the
+    loss is the mean CE over the kept pixels. Batches with fewer than ``min_kept`` labelled pixels use them all (plain
+    CE); 0 when none is labelled. Logits are upsampled to the labels first; no host sync."""
+    logits = upsample_to(logits, labels.shape[-2:]).float()
+    labels = labels.long()
+    valid = labels != ignore_index
+    ce = F.cross_entropy(logits, torch.where(valid, labels, torch.zeros_like(labels)), reduction="none")
+    prob = torch.where(valid, torch.exp(-ce.detach()), torch.ones_like(ce))  # softmax of the label (1 if ignored)
+    kept = valid
+    if min_kept > 0:
+        k = min(int(min_kept), prob.numel())
+        threshold = torch.clamp(prob.flatten().kthvalue(k).values, min=float(thresh))
+        kept = torch.where(valid.sum() >= min_kept, valid & (prob <= threshold), valid)
+    else:
+        kept = valid & (prob <= thresh)
+    kept = kept.to(ce.dtype)
+    return (ce * kept).sum() / kept.sum().clamp(min=1.0)

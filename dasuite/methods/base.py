@@ -21,9 +21,12 @@ import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
+from pydantic import Field
+
 from dasuite.errors import ConfigError
 from dasuite.lazy import lazy_import
 from dasuite.registry import METHODS
+from dasuite.schema_base import Section
 
 if TYPE_CHECKING:
     import torch
@@ -35,10 +38,21 @@ if TYPE_CHECKING:
 
 losses = lazy_import("dasuite.losses")
 multires = lazy_import("dasuite.losses.hrda")
+segmentation = lazy_import("dasuite.losses.segmentation")
 
-__all__ = ["FEATURE_DISTANCE_TERM", "METHODS", "Batch", "LossTerm", "Method"]
+__all__ = ["FEATURE_DISTANCE_TERM", "METHODS", "Batch", "LossTerm", "Method", "OhemConfig"]
 
 Batch = dict[str, Any]
+
+
+class OhemConfig(Section):
+    """``ohem: {thresh: 0.7, min_kept: 200000}``: the shared labelled cross-entropy over hard pixels only
+    (``dasuite.losses.segmentation.ohem_seg_loss``; UniMatch's Cityscapes setting)."""
+
+    thresh: float = Field(0.7, gt=0, le=1)
+    """Pixels whose label probability is at most this are kept (raised to the ``min_kept``-th smallest)."""
+    min_kept: int = Field(100000, ge=0)
+    """At least this many pixels per micro-batch and process are kept (UniMatch: 200000 at 2 crops of 801 a GPU)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,10 @@ class Method(abc.ABC):
         self.model: nn.Module = create_model(
             cfg.model.arch, num_classes, tiny=cfg.model.tiny, pretrained=cfg.model.pretrained, **cfg.model.options
         )
+        if getattr(cfg, "ohem", None) is not None and not self.shared_source_losses:
+            raise ConfigError(f"ohem: method {type(self).__name__} does not compute the shared labelled-source losses "
+                              f"(Method.source_losses), so the setting would be ignored: remove ohem or use a method "
+                              f"that does (e.g. source_only, mean_teacher, unimatch, distill)")
         fd = getattr(cfg, "feature_distance", None)
         if fd is not None and fd.weight > 0:
             if not self.shared_source_losses:
@@ -139,10 +157,15 @@ class Method(abc.ABC):
     def source_terms(self, batch: Batch, logits: "torch.Tensor",
                      features: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
         """The labelled-source loss terms, each as it enters the loss (their sum is the source loss):
-        ``loss_seg = CE(logits, label)`` (of an HRDA training output: its fused and detail terms,
-        ``dasuite.losses.hrda``) and, with ``feature_distance`` on, ``loss_fd = weight * FD``
+        ``loss_seg = CE(logits, label)`` (over the hard pixels with ``ohem``; of an HRDA training output: its fused
+        and detail terms, ``dasuite.losses.hrda``) and, with ``feature_distance`` on, ``loss_fd = weight * FD``
         (``dasuite.methods.feature_distance``); ``features`` from ``source_forward``."""
-        terms = {"loss_seg": multires.multires_seg_loss(logits, batch["label"])}  # plain logits: seg_loss
+        ohem = getattr(self.cfg, "ohem", None)
+        if ohem is None:
+            terms = {"loss_seg": multires.multires_seg_loss(logits, batch["label"])}  # plain logits: seg_loss
+        else:
+            terms = {"loss_seg": multires.multires_loss(segmentation.ohem_seg_loss, logits, batch["label"],
+                                                        thresh=ohem.thresh, min_kept=ohem.min_kept)}
         if self.feature_distance is not None:
             scale = getattr(self.accelerator.unwrap_model(self.model), "feature_input_scale", 1.0)
             terms["loss_fd"] = self.feature_distance.loss(batch["image"], batch["label"], features, scale)
