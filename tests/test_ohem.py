@@ -74,3 +74,6 @@ def test_methods_without_the_shared_labelled_loss_refuse_it(tmp_path):
 
     with pytest.raises(ConfigError, match="ohem: method OwnLoss does not compute the shared"):
         OwnLoss(tiny_toy_config(tmp_path, "ohem={thresh: 0.7}"), 19)
+    with pytest.raises(ConfigError, match="ohem: method CycleGAN does not compute the shared"):
+        Trainer(tiny_toy_config(tmp_path / "gan", "ohem={thresh: 0.7}", "data.val=null", "data.test=null",
+                                experiment="cyclegan.yaml"))

@@ -115,19 +115,25 @@ class Method(abc.ABC):
         self.model: nn.Module = create_model(
             cfg.model.arch, num_classes, tiny=cfg.model.tiny, pretrained=cfg.model.pretrained, **cfg.model.options
         )
-        if getattr(cfg, "ohem", None) is not None and not self.shared_source_losses:
-            raise ConfigError(f"ohem: method {type(self).__name__} does not compute the shared labelled-source losses "
-                              f"(Method.source_losses), so the setting would be ignored: remove ohem or use a method "
-                              f"that does (e.g. source_only, mean_teacher, unimatch, distill)")
+        self.refuse_unused_shared_sections(cfg)
         fd = getattr(cfg, "feature_distance", None)
         if fd is not None and fd.weight > 0:
-            if not self.shared_source_losses:
-                raise ConfigError(f"feature_distance: method {type(self).__name__} does not compute the shared "
-                                  f"labelled-source losses (Method.source_losses), so the term would be ignored: "
-                                  f"remove feature_distance or use a method that does (e.g. source_only)")
             from dasuite.methods.feature_distance import FeatureDistance
 
             self.feature_distance = FeatureDistance(fd, cfg, num_classes, self.model)
+
+    def refuse_unused_shared_sections(self, cfg: "ExperimentConfig") -> None:
+        """A ConfigError when the experiment sets a section of the shared labelled loss (``ohem``, an active
+        ``feature_distance``) that this method would ignore (``shared_source_losses`` false)."""
+        if self.shared_source_losses:
+            return
+        fd = getattr(cfg, "feature_distance", None)
+        used = [name for name, on in (("ohem", getattr(cfg, "ohem", None) is not None),
+                                      ("feature_distance", fd is not None and fd.weight > 0)) if on]
+        if used:
+            raise ConfigError(f"{used[0]}: method {type(self).__name__} does not compute the shared labelled-source "
+                              f"losses (Method.source_losses), so the setting would be ignored: remove {used[0]} or "
+                              f"use a method that does (e.g. source_only, mean_teacher, unimatch, distill)")
 
     def extra_modules(self) -> tuple[str, ...]:
         """Names of attributes holding extra trainable modules (e.g. KD projectors) that train with ``self.model``'s

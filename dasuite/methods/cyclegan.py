@@ -143,6 +143,7 @@ class CycleGAN(Method):
     def __init__(self, cfg: "ExperimentConfig", num_classes: int) -> None:  # no segmenter: Method.__init__ not used
         self.cfg = cfg
         self.num_classes = num_classes
+        self.refuse_unused_shared_sections(cfg)
         self.options: CycleGANConfig = cfg.method
         o = self.options
         self.model: nn.Module = build_generators(o)
