@@ -290,3 +290,13 @@ def test_experiment_file_validates():
     cfg = load_config(ROOT / "experiments" / "kd" / "camvid_small_b2_to_b0_cirkd.yaml")
     assert isinstance(cfg.method, distill.DistillConfig) and cfg.method.cirkd is not None
     assert cfg.method.kl is not None
+
+
+def test_a_term_without_pair_loss_or_loss_is_a_clear_error():
+    from dasuite.methods.kd_terms.base import DistillTerm
+
+    class Bare(DistillTerm):
+        pass
+
+    with pytest.raises(TypeError, match="defines neither pair_loss nor loss"):
+        Bare("bare", None, 2).pair_loss(torch.zeros(1), torch.zeros(1), {}, {})

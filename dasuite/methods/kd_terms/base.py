@@ -103,8 +103,9 @@ class DistillTerm:
 
     def pair_loss(self, s: "torch.Tensor", t: "torch.Tensor", batch: dict[str, Any],
                   log: dict[str, "torch.Tensor"]) -> "torch.Tensor":
-        """The term on one pair (student, teacher tensors)."""
-        raise NotImplementedError
+        """The term on one pair (student, teacher tensors); a term defines this or overrides ``loss``."""
+        raise TypeError(f"distill term {type(self).__name__} ({self.name!r}) defines neither pair_loss nor loss: "
+                        f"a DistillTerm subclass must override one of them (docs/extending.md)")
 
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint with the method (empty: none)."""
